@@ -1,0 +1,24 @@
+"""fpn_zoo: feature-pyramid necks for any timm ``features_only`` backbone.
+
+Example:
+    >>> import timm, torch, fpn_zoo
+    >>> backbone = timm.create_model("resnet18", features_only=True, out_indices=(2, 3, 4), pretrained=False)
+    >>> neck = fpn_zoo.create_neck("fpn", backbone, out_channels=64)
+    >>> [f.shape[1:] for f in neck(backbone(torch.rand(1, 3, 64, 64)))]
+    [torch.Size([64, 8, 8]), torch.Size([64, 4, 4]), torch.Size([64, 2, 2])]
+"""
+from ._factory import BackboneWithNeck, create_model, create_neck
+from ._features import FeatureSpec
+from ._registry import (
+    NeckCfg, get_topology, is_neck, list_families, list_necks, list_topologies, neck_cfg, register_neck,
+    register_topology, register_variant,
+)
+from .graph import GraphNeck, Node, Topology
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneWithNeck", "FeatureSpec", "GraphNeck", "NeckCfg", "Node", "Topology", "create_model", "create_neck",
+    "get_topology", "is_neck", "list_families", "list_necks", "list_topologies", "neck_cfg", "register_neck",
+    "register_topology", "register_variant", "__version__",
+]

@@ -1,0 +1,118 @@
+"""Building necks by name, and backbone + neck models that look like timm ``features_only`` models."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ._features import FeatureSpec
+from ._registry import _close_matches, family_args, get_family, neck_cfg
+
+__all__ = ["create_neck", "create_model", "BackboneWithNeck"]
+
+
+def create_neck(
+    name: str,
+    features: Any,
+    *,
+    reductions: Optional[Sequence[int]] = None,
+    input_fmt: Optional[str] = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build the neck variant ``name`` for a backbone's features.
+
+    Args:
+        name: a registered variant (see :func:`fpn_zoo.list_necks`).
+        features: a timm ``features_only`` model (preferred: its layout is read too), its ``feature_info``,
+            a list of ``{num_chs, reduction}`` dicts, a :class:`FeatureSpec`, or a list of channels.
+        reductions: strides for a plain channel list.
+        input_fmt: ``"NCHW"`` / ``"NHWC"`` when ``features`` cannot tell.
+        **overrides: family arguments replacing the variant's (``out_channels=128``, ``norm="batchnorm"``).
+
+    Returns:
+        A module mapping a list of feature maps to a list of NCHW maps, with ``feature_info`` and
+        ``neck_cfg`` attributes.
+
+    Example:
+        >>> import torch, fpn_zoo
+        >>> neck = fpn_zoo.create_neck("fpn", [64, 128, 256], out_channels=32)
+        >>> [f.shape[1] for f in neck([torch.rand(1, c, s, s) for c, s in ((64, 32), (128, 16), (256, 8))])]
+        [32, 32, 32]
+
+    Raises:
+        ValueError: unknown name or argument (with close matches), or arguments the family rejects.
+        TypeError: ``features`` is of no known kind.
+    """
+    cfg = neck_cfg(name)
+    known = family_args(cfg.family)
+    for key in overrides:
+        if key not in known:
+            raise ValueError(
+                f"neck {name!r} (family {cfg.family!r}) takes no argument {key!r}{_close_matches(key, known)}; "
+                f"its arguments are {', '.join(known)}"
+            )
+    spec = FeatureSpec.resolve(features, reductions, input_fmt)
+    args = {**cfg.args, **overrides}
+    neck = get_family(cfg.family).builder(spec, **args)
+    neck.neck_cfg = replace(cfg, args=args)
+    return neck
+
+
+class BackboneWithNeck(nn.Module):
+    """A timm ``features_only`` backbone followed by a neck; looks like a ``features_only`` model itself.
+
+    ``forward(images)`` returns the neck's list of NCHW maps, and ``feature_info`` describes them.
+    """
+
+    output_fmt = "NCHW"
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.feature_info = neck.feature_info
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.neck(self.backbone(x))
+
+
+def create_model(
+    backbone: Union[str, nn.Module],
+    neck: str = "fpn",
+    *,
+    out_indices: Optional[Sequence[int]] = None,
+    pretrained: bool = False,
+    neck_args: Optional[dict] = None,
+    **backbone_kwargs: Any,
+) -> BackboneWithNeck:
+    """A timm backbone (``features_only``) with the neck ``neck`` on top, as one module.
+
+    Args:
+        backbone: a timm model name, or an already built ``features_only`` model.
+        neck: a registered neck variant.
+        out_indices: which backbone stages feed the neck (timm's default: all of them).
+        pretrained: load the backbone's pretrained weights (needs network; off by default).
+        neck_args: overrides for the neck (``{"out_channels": 128}``).
+        **backbone_kwargs: passed on to ``timm.create_model``.
+
+    Example:
+        >>> import torch, fpn_zoo
+        >>> model = fpn_zoo.create_model("resnet18", neck="pan", out_indices=(2, 3, 4), neck_args={"out_channels": 64})
+        >>> model.feature_info.reduction()
+        [8, 16, 32]
+    """
+    if isinstance(backbone, str):
+        import timm
+
+        if out_indices is not None:
+            backbone_kwargs["out_indices"] = tuple(out_indices)
+        model = timm.create_model(backbone, features_only=True, pretrained=pretrained, **backbone_kwargs)
+    elif isinstance(backbone, nn.Module):
+        if out_indices is not None or backbone_kwargs:
+            raise TypeError("out_indices and backbone keyword arguments only apply when backbone is a name")
+        model = backbone
+    else:
+        raise TypeError(f"backbone must be a timm model name or a features_only model, got {type(backbone).__name__}")
+    return BackboneWithNeck(model, create_neck(neck, model, **(neck_args or {})))

@@ -1,0 +1,346 @@
+"""The registry: families are Python, variants (and topologies) are data.
+
+Shaped like timm's model registry (``timm/models/_registry.py``): :func:`register_neck` is a decorator for
+family builders, :func:`list_necks` filters with fnmatch wildcards and sorts naturally, :func:`is_neck`,
+:func:`neck_cfg`. Variants come from ``registry.yaml`` and from plugins: installed packages that declare an
+entry point in the group ``fpn_zoo.necks``.
+
+A plugin entry point names either a module (imported; its ``@register_neck`` families register, and its
+``NECK_VARIANTS`` attribute, if any, is read) or a callable (called with no arguments). What it yields is
+None, a path to a YAML file laid out like ``registry.yaml``, or that mapping itself.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib.metadata
+import inspect
+import os
+import re
+import threading
+import types
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from .graph import Topology
+
+__all__ = [
+    "NeckCfg", "register_neck", "register_variant", "register_topology", "list_necks", "list_families",
+    "is_neck", "neck_cfg", "get_family", "get_topology", "list_topologies", "family_args", "registry_path",
+    "PLUGIN_GROUP",
+]
+
+PLUGIN_GROUP = "fpn_zoo.necks"
+BUILTIN = "fpn_zoo registry.yaml"
+_VARIANT_KEYS = {"family", "args", "summary", "paper", "tags", "override"}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    builder: Callable[..., Any]
+    source: str
+
+
+@dataclass(frozen=True)
+class NeckCfg:
+    """A named variant: its family, arguments (merged over the family's defaults) and description."""
+
+    name: str
+    family: str
+    args: Dict[str, Any]
+    summary: str = ""
+    paper: str = ""
+    tags: Tuple[str, ...] = ()
+    source: str = BUILTIN
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "family": self.family, "args": dict(self.args), "summary": self.summary,
+                "paper": self.paper, "tags": list(self.tags), "source": self.source}
+
+
+@dataclass
+class _State:
+    families: Dict[str, Family] = field(default_factory=dict)
+    variants: Dict[str, NeckCfg] = field(default_factory=dict)
+    topologies: Dict[str, Tuple[Topology, str]] = field(default_factory=dict)
+    loaded: bool = False
+
+
+_state = _State()
+_lock = threading.RLock()
+
+
+def _natural_key(name: str) -> List[Union[int, str]]:
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name.lower())]
+
+
+def _close_matches(name: str, choices: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def _caller_source(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', getattr(fn, '__name__', '?'))}"
+
+
+# ---------------------------------------------------------------------------------------------- families
+
+
+def register_neck(name: Union[str, Callable[..., Any], None] = None, *, override: bool = False):
+    """Register a family builder ``fn(spec: FeatureSpec, **kwargs) -> nn.Module`` (decorator).
+
+    Its keyword arguments and their defaults are the family's knobs; variants in ``registry.yaml`` set them.
+
+    Example:
+        >>> import fpn_zoo
+        >>> @fpn_zoo.register_neck("my_family_doc_example", override=True)
+        ... def my_family(spec, *, out_channels: int = 64):
+        ...     return fpn_zoo.create_neck("fpn", spec, out_channels=out_channels)
+
+    Raises:
+        ValueError: the name is taken (naming both sources), unless ``override=True``.
+    """
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        family = name if isinstance(name, str) else fn.__name__
+        source = _caller_source(fn)
+        with _lock:
+            old = _state.families.get(family)
+            if old is not None and not override and old.source != source:
+                raise ValueError(
+                    f"neck family {family!r} is registered twice: by {old.source} and by {source}; "
+                    "pass override=True to replace it on purpose"
+                )
+            _state.families[family] = Family(family, fn, source)
+        return fn
+
+    if callable(name) and not isinstance(name, str):
+        fn, name = name, None
+        return decorator(fn)
+    return decorator
+
+
+def get_family(name: str) -> Family:
+    _ensure_loaded()
+    try:
+        return _state.families[name]
+    except KeyError:
+        raise ValueError(f"unknown neck family {name!r}{_close_matches(name, _state.families)}") from None
+
+
+def list_families() -> List[str]:
+    _ensure_loaded()
+    return sorted(_state.families, key=_natural_key)
+
+
+def family_args(family: str) -> Dict[str, Any]:
+    """The keyword arguments of a family and their defaults (``inspect.Parameter.empty`` if required)."""
+    params = list(inspect.signature(get_family(family).builder).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+# -------------------------------------------------------------------------------------------- topologies
+
+
+def register_topology(topology: Topology, *, source: str = "python", override: bool = False) -> Topology:
+    """Register a :class:`~fpn_zoo.graph.Topology` under its name (after validating it)."""
+    topology.validate()
+    with _lock:
+        old = _state.topologies.get(topology.name)
+        if old is not None and not override and old[1] != source:
+            raise ValueError(
+                f"topology {topology.name!r} is defined twice: by {old[1]} and by {source}; "
+                "set override: true to replace it on purpose"
+            )
+        _state.topologies[topology.name] = (topology, source)
+    return topology
+
+
+def get_topology(name: str) -> Topology:
+    _ensure_loaded()
+    try:
+        return _state.topologies[name][0]
+    except KeyError:
+        raise ValueError(f"unknown topology {name!r}{_close_matches(name, _state.topologies)}") from None
+
+
+def list_topologies() -> List[str]:
+    _ensure_loaded()
+    return sorted(_state.topologies, key=_natural_key)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+
+def register_variant(
+    name: str,
+    family: str,
+    args: Optional[Mapping[str, Any]] = None,
+    *,
+    summary: str = "",
+    paper: str = "",
+    tags: Sequence[str] = (),
+    source: str = "python",
+    override: bool = False,
+) -> NeckCfg:
+    """Register a named variant of a family (what an entry of ``registry.yaml`` does).
+
+    Raises:
+        ValueError: unknown family, an argument the family does not take, or a duplicate name.
+    """
+    with _lock:
+        if family not in _state.families:
+            raise ValueError(
+                f"neck {name!r} ({source}) names the unknown family {family!r}"
+                f"{_close_matches(family, _state.families)}"
+            )
+        known = family_args(family)
+        args = dict(args or {})
+        for key in args:
+            if key not in known:
+                raise ValueError(
+                    f"neck {name!r} ({source}) sets {key!r}, which family {family!r} does not take"
+                    f"{_close_matches(key, known)}"
+                )
+        old = _state.variants.get(name)
+        if old is not None and not override:
+            raise ValueError(
+                f"neck {name!r} is defined twice: by {old.source} and by {source}; "
+                "set override: true in the later one to replace it on purpose"
+            )
+        cfg = NeckCfg(name, family, args, str(summary), str(paper), tuple(tags), source)
+        _state.variants[name] = cfg
+        return cfg
+
+
+def _add_document(doc: Any, source: str) -> None:
+    """Register the ``topologies:`` and ``necks:`` of one registry document."""
+    if doc is None:
+        return
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{source}: expected a mapping with 'necks' (and optional 'topologies'), got {type(doc).__name__}")
+    unknown = set(doc) - {"necks", "topologies"}
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}; expected 'necks' and 'topologies'")
+    for name, spec in (doc.get("topologies") or {}).items():
+        spec = dict(spec)
+        override = bool(spec.pop("override", False))
+        register_topology(Topology.from_dict(str(name), spec), source=source, override=override)
+    for name, spec in (doc.get("necks") or {}).items():
+        if not isinstance(spec, Mapping) or "family" not in spec:
+            raise ValueError(f"{source}: neck {name!r} needs a mapping with at least a 'family'")
+        unknown = set(spec) - _VARIANT_KEYS
+        if unknown:
+            raise ValueError(f"{source}: neck {name!r} has unknown keys {sorted(unknown)}")
+        register_variant(
+            str(name), spec["family"], spec.get("args"), summary=spec.get("summary", ""),
+            paper=spec.get("paper", ""), tags=spec.get("tags", ()), source=source,
+            override=bool(spec.get("override", False)),
+        )
+
+
+def registry_path() -> Path:
+    """Where the built-in ``registry.yaml`` is: inside the installed package, or at the repository root."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "registry.yaml", here.parent / "registry.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"registry.yaml is neither in {here} nor in {here.parent}: the install is broken")
+
+
+def _read_yaml(path: Union[str, os.PathLike]) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _plugin_document(obj: Any) -> Any:
+    if isinstance(obj, types.ModuleType):
+        obj = getattr(obj, "NECK_VARIANTS", None)
+    elif callable(obj):
+        obj = obj()
+    if isinstance(obj, (str, os.PathLike)):
+        return _read_yaml(obj)
+    return obj
+
+
+def _load_plugins() -> None:
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        dist = getattr(ep, "dist", None)
+        origin = f" from {dist.name} {dist.version}" if dist is not None else ""
+        source = f"plugin {ep.name!r} ({ep.value}{origin})"
+        try:
+            _add_document(_plugin_document(ep.load()), source)
+        except Exception as e:  # a broken plugin must not take the registry down
+            warnings.warn(f"fpn_zoo: skipped {source}: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+
+
+def _ensure_loaded() -> None:
+    if _state.loaded:
+        return
+    with _lock:
+        if _state.loaded:
+            return
+        from . import necks  # noqa: F401  (registers the built-in families)
+
+        _state.loaded = True  # set first: plugins may call back into the registry
+        _add_document(_read_yaml(registry_path()), BUILTIN)
+        _load_plugins()
+
+
+def list_necks(
+    filter: Union[str, Sequence[str]] = "",
+    exclude_filters: Union[str, Sequence[str]] = (),
+    *,
+    family: Optional[str] = None,
+) -> List[str]:
+    """Names of the registered variants, naturally sorted.
+
+    Args:
+        filter: fnmatch pattern(s) to keep (``"*pan*"``); empty keeps all.
+        exclude_filters: fnmatch pattern(s) to drop.
+        family: keep only variants of this family.
+    """
+    _ensure_loaded()
+    names = list(_state.variants)
+    includes = [filter] if isinstance(filter, str) else list(filter)
+    includes = [p for p in includes if p]
+    if includes:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in includes)]
+    excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in excludes)]
+    if family is not None:
+        names = [n for n in names if _state.variants[n].family == family]
+    return sorted(names, key=_natural_key)
+
+
+def is_neck(name: str) -> bool:
+    _ensure_loaded()
+    return name in _state.variants
+
+
+def neck_cfg(name: Any) -> NeckCfg:
+    """The variant ``name`` with its arguments merged over the family's defaults.
+
+    ``name`` may also be a neck built by :func:`fpn_zoo.create_neck`: its config (with every override it
+    was built with) is returned, and ``create_neck(cfg.name, features, **cfg.args)`` rebuilds it.
+
+    Raises:
+        ValueError: unknown name, with close matches.
+    """
+    built = getattr(name, "neck_cfg", None)
+    if isinstance(built, NeckCfg):
+        return built
+    if not isinstance(name, str):
+        raise TypeError(f"neck_cfg takes a neck name or a neck built by create_neck, got {type(name).__name__}")
+    _ensure_loaded()
+    try:
+        cfg = _state.variants[name]
+    except KeyError:
+        raise ValueError(f"unknown neck {name!r}{_close_matches(name, _state.variants)}") from None
+    defaults = {k: v for k, v in family_args(cfg.family).items() if v is not inspect.Parameter.empty}
+    return replace(cfg, args={**defaults, **cfg.args})
