@@ -5,11 +5,12 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
-from ..graph import Blocks
+from .._features import FeatureSpec
+from ..graph import Blocks, GraphNeck, Topology
 from ..layers.conv import ConvNormAct, LayerSpec, conv_block, resolve_act, resolve_norm
 from ..layers.resample import ExtraLevels
 
-__all__ = ["check_common", "standard_blocks", "init_weights", "UPSAMPLE_MODES"]
+__all__ = ["check_common", "standard_blocks", "standard_neck", "init_weights", "UPSAMPLE_MODES"]
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic", "nearest-exact")
 
@@ -89,3 +90,29 @@ def init_weights(module: nn.Module) -> nn.Module:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     return module
+
+
+def standard_neck(
+    spec: FeatureSpec,
+    topology: Topology,
+    *,
+    out_channels: int,
+    norm: LayerSpec,
+    act: LayerSpec,
+    norm_kwargs: Optional[Mapping[str, Any]],
+    act_kwargs: Optional[Mapping[str, Any]],
+    smooth_depth: int,
+    separable: bool,
+    upsample_mode: str,
+    extra_levels: int,
+    extra_op: str,
+    extra_source: str,
+) -> GraphNeck:
+    """Check the shared knobs, build :func:`standard_blocks` and run ``topology`` with them (FPN, PAN, ...)."""
+    check_common(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
+                 extra_op=extra_op, extra_source=extra_source, smooth_depth=smooth_depth)
+    blocks = standard_blocks(norm=norm, act=act, norm_kwargs=norm_kwargs, act_kwargs=act_kwargs,
+                             smooth_depth=smooth_depth, separable=separable)
+    neck = GraphNeck(spec, topology, blocks, out_channels=out_channels, upsample_mode=upsample_mode,
+                     lateral="always", extra_levels=extra_levels, extra_op=extra_op, extra_source=extra_source)
+    return init_weights(neck)
