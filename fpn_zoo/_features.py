@@ -90,7 +90,7 @@ class FeatureSpec:
                     f"{type(features).__name__} has no feature_info: create the backbone with "
                     "timm.create_model(..., features_only=True)"
                 )
-            model_fmt = _fmt_name(getattr(features, "output_fmt", "NCHW"))
+            model_fmt = _fmt_name(getattr(features, "output_fmt", None) or "NCHW")
             return cls.resolve(info, reductions, fmt or model_fmt)
         if hasattr(features, "channels") and hasattr(features, "reduction"):
             chs, reds = features.channels(), features.reduction()

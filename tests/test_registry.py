@@ -1,0 +1,133 @@
+"""The registry: timm-shaped queries, registry.yaml as the source of variants, duplicates, neck_cfg."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fpn_zoo
+from fpn_zoo import _registry
+
+ROOT_YAML = Path(__file__).resolve().parents[1] / "registry.yaml"
+
+
+def test_registry_yaml_and_list_necks_agree_exactly():
+    doc = yaml.safe_load(ROOT_YAML.read_text())
+    assert sorted(doc["necks"]) == sorted(fpn_zoo.list_necks())
+
+
+def test_the_loaded_registry_is_the_repository_one():
+    """An installed copy must carry the same registry.yaml as the repository root."""
+    assert _registry.registry_path().read_bytes() == ROOT_YAML.read_bytes()
+
+
+def test_every_variant_has_summary_paper_and_tags():
+    for name in fpn_zoo.list_necks():
+        cfg = fpn_zoo.neck_cfg(name)
+        assert cfg.summary and cfg.paper.startswith("https://") and cfg.tags, name
+
+
+def test_wildcards_and_excludes():
+    assert fpn_zoo.list_necks("*pan*") == [n for n in fpn_zoo.list_necks() if "pan" in n]
+    assert "pan" not in fpn_zoo.list_necks("*pan*", exclude_filters="pan")
+    assert set(fpn_zoo.list_necks(["fpn", "pan"])) == {"fpn", "pan"}
+    assert fpn_zoo.list_necks(family="pan") == [n for n in fpn_zoo.list_necks() if fpn_zoo.neck_cfg(n).family == "pan"]
+
+
+def test_natural_sort():
+    assert _registry._natural_key("bifpn_d10") > _registry._natural_key("bifpn_d2")
+    names = fpn_zoo.list_necks()
+    assert names == sorted(names, key=_registry._natural_key)
+
+
+def test_is_neck():
+    assert fpn_zoo.is_neck("fpn") and fpn_zoo.is_neck("pan")
+    assert not fpn_zoo.is_neck("fpnn")
+
+
+def test_neck_cfg_merges_family_defaults_with_variant_args():
+    cfg = fpn_zoo.neck_cfg("fpn_bn_lrelu_64")
+    assert cfg.family == "fpn"
+    assert cfg.args["out_channels"] == 64 and cfg.args["act_kwargs"] == {"negative_slope": 0.1}
+    assert cfg.args["upsample_mode"] == "nearest"  # a family default, not set by the variant
+    assert fpn_zoo.neck_cfg("fpn").args["out_channels"] == 256
+
+
+def test_neck_cfg_of_a_built_neck_rebuilds_it():
+    neck = fpn_zoo.create_neck("pan", [8, 16], out_channels=24, smooth_depth=2)
+    cfg = fpn_zoo.neck_cfg(neck)
+    assert cfg.name == "pan" and cfg.args["out_channels"] == 24 and cfg.args["smooth_depth"] == 2
+    again = fpn_zoo.create_neck(cfg.name, [8, 16], **cfg.args)
+    assert again.state_dict().keys() == neck.state_dict().keys()
+    assert all(a.shape == b.shape for a, b in zip(again.state_dict().values(), neck.state_dict().values()))
+
+
+def test_original_notes_variant_is_bn_leaky_relu_64_everywhere():
+    import torch.nn as nn
+
+    neck = fpn_zoo.create_neck("fpn_bn_lrelu_64", [8, 16, 32])
+    convs = [m for m in neck.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in neck.modules() if isinstance(m, nn.BatchNorm2d)]
+    acts = [m for m in neck.modules() if isinstance(m, nn.LeakyReLU)]
+    assert len(convs) == len(norms) == len(acts) == 6
+    assert all(a.negative_slope == 0.1 for a in acts)
+    assert all(c.out_channels == 64 and c.bias is None for c in convs)
+
+
+def test_deeper_smoothing_stacks_more_blocks():
+    import torch.nn as nn
+
+    def convs(name):
+        return sum(isinstance(m, nn.Conv2d) for m in fpn_zoo.create_neck(name, [8, 16, 32]).modules())
+
+    assert convs("fpn_deep2") == 3 + 3 * 2
+    assert convs("fpn_deep3") == 3 + 3 * 3
+
+
+def test_unknown_neck_in_neck_cfg():
+    with pytest.raises(ValueError, match="did you mean 'pan'"):
+        fpn_zoo.neck_cfg("pna")
+
+
+def test_duplicate_family_names_both_sources():
+    def fpn(spec):  # same name as the built-in family, different source
+        return None
+
+    with pytest.raises(ValueError, match=r"'fpn' is registered twice: by fpn_zoo\.necks\.fpn\.fpn and by .*test_registry"):
+        fpn_zoo.register_neck("fpn")(fpn)
+
+
+def test_duplicate_variant_names_both_sources_and_override():
+    with pytest.raises(ValueError, match=r"'fpn' is defined twice: by fpn_zoo registry.yaml and by my tests"):
+        fpn_zoo.register_variant("fpn", "fpn", {"out_channels": 8}, source="my tests")
+    try:
+        fpn_zoo.register_variant("fpn_tmp_test", "fpn", {"out_channels": 8}, source="my tests")
+        fpn_zoo.register_variant("fpn_tmp_test", "fpn", {"out_channels": 16}, source="my tests", override=True)
+        assert fpn_zoo.neck_cfg("fpn_tmp_test").args["out_channels"] == 16
+    finally:
+        _registry._state.variants.pop("fpn_tmp_test", None)
+
+
+def test_variant_with_an_argument_its_family_lacks():
+    with pytest.raises(ValueError, match=r"sets 'out_chans', which family 'fpn' does not take.*out_channels"):
+        fpn_zoo.register_variant("fpn_bad_test", "fpn", {"out_chans": 8}, source="my tests")
+
+
+def test_variant_of_unknown_family():
+    with pytest.raises(ValueError, match=r"unknown family 'fpm'.*'fpn'"):
+        fpn_zoo.register_variant("fpn_bad_test", "fpm", source="my tests")
+
+
+def test_register_neck_adds_a_family_usable_by_create_neck():
+    @fpn_zoo.register_neck("tiny_test_family", override=True)
+    def tiny_test_family(spec, *, out_channels: int = 8):
+        return fpn_zoo.create_neck("fpn", spec, out_channels=out_channels)
+
+    try:
+        fpn_zoo.register_variant("tiny_test_variant", "tiny_test_family", {"out_channels": 4}, source="tests")
+        neck = fpn_zoo.create_neck("tiny_test_variant", [8, 16])
+        assert neck.feature_info.channels() == [4, 4]
+    finally:
+        _registry._state.variants.pop("tiny_test_variant", None)
+        _registry._state.families.pop("tiny_test_family", None)
