@@ -14,11 +14,12 @@ from ._registry import (
     register_topology, register_variant,
 )
 from .graph import GraphNeck, Node, Topology
+from .layers.fuse import fuse_batchnorm
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackboneWithNeck", "FeatureSpec", "GraphNeck", "NeckCfg", "Node", "Topology", "create_model", "create_neck",
+    "BackboneWithNeck", "FeatureSpec", "GraphNeck", "NeckCfg", "Node", "Topology", "create_model", "create_neck", "fuse_batchnorm",
     "get_topology", "is_neck", "list_families", "list_necks", "list_topologies", "neck_cfg", "register_neck",
     "register_topology", "register_variant", "__version__",
 ]

@@ -22,10 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import re
+
 import torch
 from torch import nn
 
 from ._features import FeatureSpec, check_features, make_feature_info
+from .layers.fuse import fuse_batchnorm
 from .layers.fusion import FUSIONS, make_fusion
 from .layers.resample import ExtraLevels, Resample, max_pool_down
 
@@ -189,7 +192,14 @@ class GraphNeck(nn.Module):
         extra_op: ``subsample`` | ``maxpool`` | ``conv`` (see :class:`ExtraLevels`).
         extra_source: ``input`` (from the coarsest backbone map) or ``output`` (from the coarsest output).
         extra_in_graph: the extra levels are inputs of the graph (BiFPN) rather than appended outputs.
+
+    State-dict names are stable API (``nodes.<node>.edges.<i>.proj.conv.weight`` ...). ``_version`` is saved
+    in every state dict; when a future release renames keys, it adds ``(pattern, replacement)`` pairs under
+    the new version in ``_STATE_DICT_RENAMES`` and older checkpoints are upgraded as they load.
     """
+
+    _version = 1
+    _STATE_DICT_RENAMES: Dict[int, Tuple[Tuple[str, str], ...]] = {}
 
     def __init__(
         self,
@@ -265,6 +275,20 @@ class GraphNeck(nn.Module):
         self.feature_info = make_feature_info([out_channels] * len(out_reductions), out_reductions)
         for info, name in zip(self.feature_info.info, out_names):
             info["module"] = name
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        saved_version = (local_metadata or {}).get("version") or 1
+        for version in sorted(v for v in self._STATE_DICT_RENAMES if v > saved_version):
+            for pattern, replacement in self._STATE_DICT_RENAMES[version]:
+                for key in [k for k in state_dict if k.startswith(prefix)]:
+                    new_key = prefix + re.sub(pattern, replacement, key[len(prefix):])
+                    if new_key != key:
+                        state_dict[new_key] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def fuse(self) -> "GraphNeck":
+        """Fold BatchNorm into the preceding convs for inference (see :func:`fpn_zoo.fuse_batchnorm`)."""
+        return fuse_batchnorm(self)
 
     def _prepare(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         if not _is_compiling():
