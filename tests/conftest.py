@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny tensors gain nothing from threads, and lose a lot on a loaded machine
 
 # One of each shape a timm backbone comes in: a CNN pyramid, an NHWC model, a single-stride ViT.
 BACKBONES = {

@@ -1,0 +1,115 @@
+"""Neck composition: one neck on top of another.
+
+Every neck exposes a timm ``feature_info``, so a neck is a valid "backbone" for the next one. The typical
+use is a single-stride ViT: :mod:`~fpn_zoo.necks.simple_pyramid` makes the multi-scale maps a ViT lacks, and
+a multi-scale neck (FPN, BiFPN, CSP-PAN ...) then fuses them. A family opts in with the knobs
+``then`` (a registered variant name) and ``then_args`` (overrides for it), and :func:`chain_neck` does the rest.
+
+Example:
+    >>> import torch, fpn_zoo
+    >>> neck = fpn_zoo.create_neck("simple_pyramid_fpn", fpn_zoo.FeatureSpec((64,), (16,)), out_channels=32)
+    >>> type(neck).__name__, neck.feature_info.reduction()
+    ('ChainedNeck', [4, 8, 16, 32])
+    >>> sorted({k.split(".")[0] for k in neck.state_dict()})
+    ['first', 'second']
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ChainedNeck", "chain_neck", "describe_neck"]
+
+
+def describe_neck(neck: nn.Module) -> Dict[str, Any]:
+    """``neck.describe()`` if it has one, else the bare minimum (its class and outputs)."""
+    describe = getattr(neck, "describe", None)
+    if callable(describe):
+        return describe()
+    info = getattr(neck, "feature_info", None)
+    return {"kind": type(neck).__name__, "reductions": list(info.reduction()) if info is not None else None}
+
+
+class ChainedNeck(nn.Module):
+    """``second(first(features))``: its ``feature_info`` is the second neck's.
+
+    State-dict names are ``first.*`` and ``second.*``.
+
+    Args:
+        first: a neck taking the backbone's maps.
+        second: a neck built for ``first``'s outputs (``create_neck(name, first)``).
+    """
+
+    output_fmt = "NCHW"
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        first_info, second_spec = first.feature_info, getattr(second, "spec", None)
+        if second_spec is not None and (
+            tuple(second_spec.channels) != tuple(first_info.channels())
+            or tuple(second_spec.reductions) != tuple(first_info.reduction())
+        ):
+            raise ValueError(
+                f"the second neck expects channels {list(second_spec.channels)} at strides "
+                f"{list(second_spec.reductions)}, but the first gives {first_info.channels()} at "
+                f"{first_info.reduction()}: build it with create_neck(name, first)"
+            )
+        self.first = first
+        self.second = second
+        self.feature_info = second.feature_info
+
+    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Args: the backbone's maps (what ``first`` takes). Returns: ``second``'s NCHW maps."""
+        return self.second(self.first(features))
+
+    def describe(self) -> Dict[str, Any]:
+        """Both stages as plain data (for docs and diagrams)."""
+        return {"kind": "chain", "stages": [describe_neck(self.first), describe_neck(self.second)]}
+
+
+def chain_neck(
+    first: nn.Module,
+    then: Optional[str],
+    then_args: Optional[Mapping[str, Any]] = None,
+    *,
+    inherit: Optional[Mapping[str, Any]] = None,
+    owner: str = "neck",
+) -> nn.Module:
+    """Put the registered variant ``then`` on top of ``first`` (or return ``first`` when ``then`` is None).
+
+    Args:
+        first: the neck built so far.
+        then: a registered variant name (``"fpn"``, ``"bifpn"`` ...) or None.
+        then_args: overrides for ``then`` (they win over ``inherit``).
+        inherit: values passed on to ``then`` when its family takes them and ``then_args`` does not set them
+            (e.g. ``out_channels``, so the chain's width follows the first neck's knob).
+        owner: the family asking, named in errors.
+
+    Raises:
+        TypeError: ``then`` is not a string or ``then_args`` not a mapping.
+        ValueError: ``then`` is unknown or rejects the first neck's outputs (with the reason).
+    """
+    from .._factory import create_neck  # noqa: PLC0415  (the factory imports the registry, which imports necks)
+    from .._registry import family_args, neck_cfg  # noqa: PLC0415
+
+    if then is None:
+        if then_args:
+            raise ValueError(f"{owner}: then_args={dict(then_args)!r} is set but then is None (no second neck)")
+        return first
+    if not isinstance(then, str):
+        raise TypeError(f"{owner}: then must be a registered neck name, got {type(then).__name__} {then!r}")
+    if then_args is not None and not isinstance(then_args, Mapping):
+        raise TypeError(f"{owner}: then_args must be a mapping of {then!r}'s arguments, got {type(then_args).__name__}")
+    try:
+        known = family_args(neck_cfg(then).family)
+    except ValueError as e:
+        raise ValueError(f"{owner}: then={then!r}: {e}") from None
+    args = {k: v for k, v in (inherit or {}).items() if k in known}
+    args.update(then_args or {})
+    try:
+        second = create_neck(then, first, **args)
+    except ValueError as e:
+        raise ValueError(f"{owner}: cannot put {then!r} on top (then={then!r}): {e}") from None
+    return ChainedNeck(first, second)
