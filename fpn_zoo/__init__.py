@@ -8,7 +8,7 @@ Example:
     [torch.Size([64, 8, 8]), torch.Size([64, 4, 4]), torch.Size([64, 2, 2])]
 """
 from ._factory import BackboneWithNeck, create_model, create_neck
-from ._features import FeatureSpec
+from ._features import BackboneMismatch, FeatureSpec
 from ._registry import (
     NeckCfg, get_topology, is_neck, list_families, list_necks, list_topologies, neck_cfg, register_neck,
     register_topology, register_variant,
@@ -19,7 +19,7 @@ from .layers.fuse import fuse_batchnorm
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackboneWithNeck", "FeatureSpec", "GraphNeck", "NeckCfg", "Node", "Topology", "create_model", "create_neck", "fuse_batchnorm",
+    "BackboneMismatch", "BackboneWithNeck", "FeatureSpec", "GraphNeck", "NeckCfg", "Node", "Topology", "create_model", "create_neck", "fuse_batchnorm",
     "get_topology", "is_neck", "list_families", "list_necks", "list_topologies", "neck_cfg", "register_neck",
     "register_topology", "register_variant", "__version__",
 ]

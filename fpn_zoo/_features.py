@@ -12,7 +12,14 @@ from typing import Any, Optional, Sequence, Tuple
 import torch
 from timm.models import FeatureInfo
 
-__all__ = ["FeatureSpec", "make_feature_info", "check_features"]
+__all__ = ["FeatureSpec", "BackboneMismatch", "make_feature_info", "check_features"]
+
+
+class BackboneMismatch(ValueError):
+    """A variant declines a backbone it cannot serve (e.g. a multi-scale neck on a single-stride ViT).
+
+    The message names a variant that fits. Raised at construction, never at forward time.
+    """
 
 FORMATS = ("NCHW", "NHWC")
 

@@ -19,7 +19,7 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import re
@@ -217,6 +217,8 @@ class GraphNeck(nn.Module):
     ) -> None:
         super().__init__()
         topology.validate()
+        if lateral not in ("always", "if_needed"):
+            raise ValueError(f"lateral must be 'always' or 'if_needed', got {lateral!r}")
         if extra_source not in ("input", "output"):
             raise ValueError(f"extra_source must be 'input' or 'output', got {extra_source!r}")
         if extra_in_graph and extra_source != "input":
@@ -318,6 +320,11 @@ class GraphNeck(nn.Module):
             "topology": self.topology.name,
             "num_levels": self.topology.num_levels,
             "input_levels": self.spec.num_levels,
-            "nodes": [n.__dict__ for n in self.topology.nodes],
+            "nodes": [asdict(n) for n in self.topology.nodes],
             "outputs": list(self.output_ids),
+            "out_channels": self.out_channels,
+            "extra_levels": 0 if self.extras is None else self.extras.num_levels,
+            "extra_op": None if self.extras is None else self.extras.op,
+            "extra_source": self.extra_source,
+            "extra_in_graph": self.extra_in_graph,
         }

@@ -214,3 +214,18 @@ def test_nhwc_feature_info_with_explicit_format():
     ref.load_state_dict(neck.state_dict())
     for a, b in zip(neck(features("nhwc")), ref(features("nhwc"))):
         torch.testing.assert_close(a, b)
+
+
+def test_conv_extra_levels_return_p6_before_the_activation():
+    """P7 is computed from act(P6); the P6 handed out must stay un-activated (RetinaNet)."""
+    neck = fpn_zoo.create_neck("fpn", [8, 16], out_channels=8, act="relu", extra_levels=2, extra_op="conv").eval()
+    with torch.no_grad():
+        outs = neck([torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8)])
+        p6 = neck.extras.convs[0](outs[1])
+    torch.testing.assert_close(outs[2], p6)
+    assert outs[2].min() < 0
+
+
+def test_a_single_stride_backbone_is_declined_with_a_variant_that_fits():
+    with pytest.raises(fpn_zoo.BackboneMismatch, match="simple_pyramid"):
+        fpn_zoo.create_neck("csp_pan_s", backbone("vit"))

@@ -1,5 +1,8 @@
 """Our defaults reproduce the peers' math: weights converted from torchvision's FeaturePyramidNetwork and
-mmdet's FPN / PAFPN give the peers' outputs (max abs diff <= 1e-5), on odd map sizes."""
+mmdet's FPN / PAFPN give the peers' outputs (max abs diff <= 1e-5), on odd map sizes.
+
+Both sides run in float64: a difference in the math shows at any precision, float32 summation order
+(our convs run channels-last) does not."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -20,7 +23,7 @@ SIZES = [(29, 42), (15, 21), (8, 11)]  # strides 8/16/32 of a 225 x 333 image
 
 def inputs():
     torch.manual_seed(1)
-    return [torch.randn(2, c, h, w) for c, (h, w) in zip(CHANNELS, SIZES)]
+    return [torch.randn(2, c, h, w, dtype=torch.float64) for c, (h, w) in zip(CHANNELS, SIZES)]
 
 
 def assert_same_outputs(ref, got):
@@ -53,8 +56,8 @@ def test_fpn_reproduces_torchvision(case):
         for m in tv.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
-    tv.eval()
-    neck = fpn_zoo.create_neck("fpn", CHANNELS, out_channels=8, **our_kwargs).eval()
+    tv.double().eval()
+    neck = fpn_zoo.create_neck("fpn", CHANNELS, out_channels=8, **our_kwargs).double().eval()
     assert n_params(neck) == n_params(tv)
     neck.load_state_dict(from_torchvision_fpn(tv.state_dict()))
     xs = inputs()
@@ -90,8 +93,8 @@ def test_reproduces_mmdet(case):
     cls = getattr(pafpn_module if cls_name == "PAFPN" else fpn_module, cls_name)
     mm_kwargs = {"num_outs": 3, **mm_kwargs}
     torch.manual_seed(0)
-    peer = cls(CHANNELS, 8, **mm_kwargs).eval()
-    neck = fpn_zoo.create_neck(family, CHANNELS, out_channels=8, **our_kwargs).eval()
+    peer = cls(CHANNELS, 8, **mm_kwargs).double().eval()
+    neck = fpn_zoo.create_neck(family, CHANNELS, out_channels=8, **our_kwargs).double().eval()
     assert n_params(neck) == n_params(peer)
     neck.load_state_dict(from_mmdet_neck(peer.state_dict()))
     xs = inputs()

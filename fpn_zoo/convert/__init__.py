@@ -1,1 +1,6 @@
 """Load weights you already have (torchvision, mmdet, effdet necks) into the matching fpn_zoo variant."""
+from .effdet import from_effdet_bifpn
+from .mmdet import from_mmdet_neck
+from .torchvision import from_torchvision_fpn
+
+__all__ = ["from_effdet_bifpn", "from_mmdet_neck", "from_torchvision_fpn"]

@@ -5,6 +5,8 @@
   fusion", https://arxiv.org/abs/1911.09070).
 - ``attn``: learned weights through a softmax (EfficientDet's "softmax-based fusion").
 - ``concat``: channel concatenation; the node's smoothing block reduces the channels again (YOLO / CSP-PAN).
+- ``global_attn``: NAS-FPN's global-pooling op (https://arxiv.org/abs/1904.07392): the last input gates the
+  others with ``sigmoid(global_avg_pool(last))`` and is added: ``last + sigmoid(gap(last)) * sum(others)``.
 
 Weights are cast to the inputs' dtype, so the fusion behaves under autocast.
 """
@@ -16,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FUSIONS", "make_fusion", "SumFusion", "WeightedFusion", "ConcatFusion"]
+__all__ = ["FUSIONS", "make_fusion", "SumFusion", "WeightedFusion", "ConcatFusion", "GlobalAttnFusion"]
 
-FUSIONS = ("sum", "fast_attn", "attn", "concat")
+FUSIONS = ("sum", "fast_attn", "attn", "concat", "global_attn")
 
 
 class SumFusion(nn.Module):
@@ -58,6 +60,19 @@ class ConcatFusion(nn.Module):
         return torch.cat(xs, dim=1)
 
 
+class GlobalAttnFusion(nn.Module):
+    """NAS-FPN's global-pooling merge: ``last + sigmoid(mean_hw(last)) * sum(others)`` (no parameters)."""
+
+    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        gate_source = xs[-1]
+        if len(xs) == 1:
+            return gate_source
+        others = xs[0]
+        for x in xs[1:-1]:
+            others = others + x
+        return gate_source + torch.sigmoid(gate_source.mean(dim=(2, 3), keepdim=True)) * others
+
+
 def make_fusion(method: str, num_inputs: int) -> nn.Module:
     if method == "sum":
         return SumFusion()
@@ -65,4 +80,6 @@ def make_fusion(method: str, num_inputs: int) -> nn.Module:
         return WeightedFusion(num_inputs, method)
     if method == "concat":
         return ConcatFusion()
+    if method == "global_attn":
+        return GlobalAttnFusion()
     raise ValueError(f"unknown fusion {method!r}; choose one of {FUSIONS}")

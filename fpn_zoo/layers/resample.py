@@ -88,6 +88,8 @@ class ExtraLevels(nn.Module):
                 make_conv(in_channels if i == 0 else out_channels, out_channels) for i in range(num_levels)
             )
             self.act = make_act()
+            if hasattr(self.act, "inplace"):  # its input is a level already handed out as an output
+                self.act.inplace = False
         else:
             self.pool = nn.MaxPool2d(1, stride=2) if op == "subsample" else max_pool_down(2)
 

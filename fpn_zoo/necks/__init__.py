@@ -1,4 +1,6 @@
 """The built-in families; importing this package registers them."""
 from . import fpn, pan  # noqa: F401
+from . import bifpn, graph_family  # noqa: F401
+from . import chain, csp_pan, simple_pyramid  # noqa: F401
 
-__all__ = ["fpn", "pan"]
+__all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]

@@ -36,7 +36,7 @@ from typing import Any, Callable, List, Mapping, Optional
 import torch
 from torch import nn
 
-from .._features import FeatureSpec
+from .._features import BackboneMismatch, FeatureSpec
 from .._registry import register_neck
 from ..graph import GraphNeck, Node, Topology
 from ..layers.conv import ConvNormAct, LayerSpec, conv_block, resolve_act, resolve_norm
@@ -158,7 +158,7 @@ def _check_factor(name: str, value: Any) -> None:
 
 def _check_strides(spec: FeatureSpec) -> None:
     if spec.num_levels < 2 or len(set(spec.reductions)) == 1:
-        raise ValueError(
+        raise BackboneMismatch(
             f"csp_pan fuses levels of different strides, but the backbone gives strides {list(spec.reductions)} "
             "(a single-stride backbone such as a ViT): use 'simple_pyramid_fpn', or 'simple_pyramid' with "
             "then='csp_pan_s', which first builds a pyramid from the last map"

@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .._features import FeatureSpec, check_features, make_feature_info
+from .._features import BackboneMismatch, FeatureSpec, check_features, make_feature_info
 from .._registry import register_neck
 from ..graph import _is_compiling
 from ..layers.conv import ConvNormAct, LayerSpec, conv_block, resolve_act, resolve_norm
@@ -229,7 +229,7 @@ class SimplePyramid(nn.Module):
 
 def _check_single_stride(spec: FeatureSpec) -> None:
     if len(set(spec.reductions)) > 1:
-        raise ValueError(
+        raise BackboneMismatch(
             f"simple_pyramid builds a pyramid from one single-stride map (a ViT), but the backbone already has "
             f"levels at strides {list(spec.reductions)}: use 'fpn' or 'pan' on it, or create the backbone with "
             "out_indices=(-1,) to build the pyramid from its last stage only"
