@@ -1,0 +1,427 @@
+"""The ``fpn-zoo`` command: list, inspect, benchmark and document the registered necks.
+
+    fpn-zoo list [FILTER]                                   # variants with family and summary
+    fpn-zoo info NAME [--backbone B] [--size S]             # output levels, params, GFLOPs
+    fpn-zoo bench [--necks PATTERN] [--size S] [--plot F]   # params, GFLOPs, CPU latency
+    fpn-zoo docs [--check] [--out DIR]                      # regenerate docs/ or check it is current
+
+Every command works from the registry (:func:`fpn_zoo.list_necks`), so plugins and new families show up
+without changes here. Backbones are timm ``features_only`` models built without pretrained weights;
+the default is ``resnet18`` with ``out_indices=(2, 3, 4)`` at 256 px. A mistake (unknown neck, unknown
+backbone, bad size ...) is one line on stderr and exit status 2.
+
+Example:
+    >>> from fpn_zoo.cli import main
+    >>> main(["list", "pan_bn*"])  # doctest: +ELLIPSIS
+    variant          family  summary
+    ...
+    0
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+
+__all__ = ["main", "CliError"]
+
+PROG = "fpn-zoo"
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # one line, no usage block
+        raise CliError(f"{message} (see `{self.prog} --help`)")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "", max_width: Optional[int] = None) -> str:
+    """A plain-text table; the last column is cut to ``max_width`` characters in total."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align.ljust(len(headers), "l")
+    if max_width is not None:
+        fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
+        widths[-1] = max(10, min(widths[-1], max_width - fixed))
+    lines = []
+    for r in cells:
+        parts = []
+        for i, c in enumerate(r):
+            if len(c) > widths[i]:
+                c = c[: widths[i] - 3] + "..."
+            parts.append(c.rjust(widths[i]) if align[i] == "r" else c.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+class _Progress:
+    """A one-line progress bar on stderr: ``bench [#######.......] 12/40 fpn_p6p7``."""
+
+    def __init__(self, label: str, enabled: bool = True, stream: Optional[TextIO] = None) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.shown = False
+
+    def __call__(self, done: int, total: int, what: str = "") -> None:
+        if not self.enabled:
+            return
+        total = max(total, 1)
+        width = 24
+        filled = int(width * min(done, total) / total)
+        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what}"
+        columns = shutil.get_terminal_size((100, 20)).columns
+        self.stream.write("\r" + line[: columns - 1].ljust(columns - 1))
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
+def _size(text: str) -> Tuple[int, int]:
+    from .measure import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _indices(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"out_indices must be comma-separated integers (e.g. 2,3,4), got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _key_value(text: str) -> Tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. out_channels=128), got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"cannot read the value of {text!r} (YAML syntax)") from None
+
+
+def _reference(args: argparse.Namespace):
+    from .measure import DEFAULT_BACKBONE, DEFAULT_OUT_INDICES, Reference
+
+    out_indices: Any = args.out_indices
+    if out_indices is None:
+        out_indices = DEFAULT_OUT_INDICES if args.backbone == DEFAULT_BACKBONE else 3
+    return Reference(args.backbone, out_indices, args.size)
+
+
+def _load(ref) -> Tuple[Any, List[Any]]:
+    """The backbone and its maps for ``ref``; checks the size fits the backbone."""
+    from .measure import backbone_features, load_backbone
+
+    backbone = load_backbone(ref.backbone, ref.out_indices)
+    coarsest = max(backbone.feature_info.reduction())
+    if min(ref.size) < coarsest:
+        raise CliError(f"image size {ref.size[0]}x{ref.size[1]} is smaller than the backbone's coarsest stride "
+                       f"{coarsest}: use --size {coarsest} or more")
+    return backbone, backbone_features(backbone, ref.size)
+
+
+def _patterns(text: Optional[str], substring: bool = False) -> List[str]:
+    """``"fpn*,pan"`` -> ``["fpn*", "pan"]``; with ``substring``, a pattern without wildcards matches anywhere."""
+    out = []
+    for p in (p.strip() for p in (text or "").split(",")):
+        if p:
+            out.append(f"*{p}*" if substring and not any(ch in p for ch in "*?[") else p)
+    return out
+
+
+def _select(text: Optional[str], substring: bool = False) -> List[str]:
+    from ._registry import _close_matches, list_necks
+
+    patterns = _patterns(text, substring)
+    names = list_necks(patterns) if patterns else list_necks()
+    if not names:
+        raise CliError(f"no neck matches {text!r}{_close_matches(str(text), list_necks())}")
+    return names
+
+
+def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    return dict(getattr(args, "arg", None) or [])
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ._registry import neck_cfg
+
+    names = _select(args.filter, substring=True)
+    if args.family:
+        names = [n for n in names if neck_cfg(n).family == args.family]
+        if not names:
+            raise CliError(f"no neck of family {args.family!r} matches {args.filter or '*'!r}")
+    rows = [[n, neck_cfg(n).family, neck_cfg(n).summary] for n in names]
+    width = shutil.get_terminal_size((120, 20)).columns if sys.stdout.isatty() else 160
+    print(_table(["variant", "family", "summary"], rows, max_width=width))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ._factory import create_neck
+    from ._registry import family_args, get_family, neck_cfg
+    from .measure import neck_stats
+
+    cfg = neck_cfg(args.name)
+    overrides = _overrides(args)
+    ref = _reference(args)
+    backbone, feats = _load(ref)
+    neck = create_neck(args.name, backbone, **overrides)
+    stats = neck_stats(args.name, neck, feats, ref.size)
+    defaults = family_args(cfg.family)
+    builder = get_family(cfg.family).builder
+    changed = {k: v for k, v in {**cfg.args, **overrides}.items() if defaults.get(k) != v or k in overrides}
+    info = backbone.feature_info
+    inputs = ", ".join(f"{c} ch /{r}" for c, r in zip(info.channels(), info.reduction()))
+    print(f"{cfg.name}: {cfg.summary}" if cfg.summary else cfg.name)
+    facts = [
+        ("family", f"{cfg.family} ({builder.__module__}.{builder.__qualname__})"),
+        ("paper", cfg.paper or "-"),
+        ("tags", ", ".join(cfg.tags) or "-"),
+        ("args", ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "the family's defaults"),
+        ("backbone", f"{ref.describe()}; inputs {inputs}"),
+    ]
+    for key, value in facts:
+        print(f"  {key:<9}{value}")
+    print()
+    rows = [[k, c, s, f"{h}x{w}"] for k, (c, s, (h, w)) in enumerate(stats.outputs)]
+    print(_table(["output", "channels", "stride", "size"], rows, "rrrr"))
+    print()
+    print(f"params  {stats.params:,} ({stats.mparams:.3f} M, neck only)")
+    print(f"GFLOPs  {stats.gflops:.3f} (neck only, batch 1, FlopCounterMode: 2 per multiply-add)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _bench(args)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ._factory import create_neck
+    from .measure import neck_stats, time_interleaved
+
+    names = _select(args.necks)
+    overrides = _overrides(args)
+    ref = _reference(args)
+    backbone, feats = _load(ref)
+    if args.batch > 1:
+        from .measure import backbone_features
+
+        feats = backbone_features(backbone, ref.size, batch=args.batch)
+    progress = _Progress("bench", enabled=not args.quiet)
+    total = len(names) * (1 + args.reps)
+    necks, stats, skipped = {}, {}, []
+    try:
+        for i, name in enumerate(names):
+            try:
+                torch.manual_seed(0)
+                neck = create_neck(name, backbone, **overrides).eval()
+                stats[name] = neck_stats(name, neck, feats, ref.size)
+                necks[name] = neck
+            except (ValueError, TypeError) as e:
+                skipped.append((name, " ".join(str(e).split())))
+            progress(i + 1, total, name)
+        if not necks:
+            raise CliError(f"none of {len(names)} necks builds on {ref.describe()}: {skipped[0][0]}: {skipped[0][1]}")
+        total = len(names) + len(necks) * args.reps
+        done = len(names)
+
+        def step(name: str) -> None:
+            nonlocal done
+            done += 1
+            progress(done, total, name)
+
+        fns = {name: (lambda n=neck: n(list(feats))) for name, neck in necks.items()}
+        seconds = time_interleaved(fns, reps=args.reps, warmup=args.warmup, on_step=step)
+    finally:
+        progress.close()
+    order = {
+        "name": lambda n: 0, "params": lambda n: stats[n].params, "flops": lambda n: stats[n].flops,
+        "latency": lambda n: seconds[n],
+    }[args.sort]
+    ranked = sorted(necks, key=order)  # stable: registry order within ties
+    rows = [[n, stats[n].params / 1e6, stats[n].gflops, seconds[n] * 1e3,
+             " ".join(str(s) for _, s, _ in stats[n].outputs)] for n in ranked]
+    rows = [[r[0], f"{r[1]:.3f}", f"{r[2]:.3f}", f"{r[3]:.2f}", r[4]] for r in rows]
+    print(f"# necks alone on {ref.describe()}, batch {args.batch}; latency: median of {args.reps} interleaved "
+          f"rounds, {torch.get_num_threads()} CPU thread(s)")
+    print(_table(["neck", "params (M)", "GFLOPs", "latency (ms)", "strides"], rows, "lrrrl"))
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if args.plot:
+        _plot(args.plot, [(n, stats[n].mparams, seconds[n] * 1e3) for n in ranked], ref.describe())
+    return 0
+
+
+def _plot(path: str, points: List[Tuple[str, float, float]], title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"{PROG}: no plot: matplotlib is not installed (pip install matplotlib); the table above is complete",
+              file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    ax.scatter([p[1] for p in points], [p[2] for p in points], color="#4a6fa5")
+    for name, x, y in points:
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("CPU latency (ms, median)")
+    ax.set_title(f"necks on {title}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"plot written to {path}", file=sys.stderr)
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from . import docs_gen
+
+    out = Path(args.out) if args.out else docs_gen.default_docs_dir()
+    names = _select(args.necks) if args.necks else None
+    prune = names is None
+    progress = _Progress("docs", enabled=not args.quiet)
+    start = time.perf_counter()
+    try:
+        files = docs_gen.generate(names, latency_reps=0 if args.check else args.reps, questions=not args.necks,
+                                  progress=progress)
+    finally:
+        progress.close()
+    if args.check:
+        stale = docs_gen.check(out, files, prune=prune)
+        if stale:
+            print(f"{PROG}: {len(stale)} stale file(s) in {out} (run `{PROG} docs` to regenerate):", file=sys.stderr)
+            for line in stale:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        print(f"{out}: {len(files)} generated files are current (latency not compared)", file=sys.stderr)
+        return 0
+    touched = docs_gen.write(out, files, prune=prune)
+    print(f"{out}: {len(files)} files generated, {len(touched)} changed, in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .measure import DEFAULT_BACKBONE, DEFAULT_SIZE
+
+    parser = _Parser(prog=PROG, description="Feature-pyramid necks for timm backbones: list, inspect, benchmark, document.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def backbone_args(p: argparse.ArgumentParser, size: int = DEFAULT_SIZE) -> None:
+        p.add_argument("--backbone", "-b", default=DEFAULT_BACKBONE, help=f"timm model name (default {DEFAULT_BACKBONE})")
+        p.add_argument("--out-indices", type=_indices, default=None, metavar="I,J,K",
+                       help="backbone stages feeding the neck (default: 2,3,4 for resnet18, else the last three)")
+        p.add_argument("--size", "-s", type=_size, default=(size, size), metavar="S",
+                       help=f"image size, S or HxW (default {size})")
+        p.add_argument("--arg", "-a", type=_key_value, action="append", metavar="KEY=VALUE",
+                       help="override a neck argument (YAML value), e.g. -a out_channels=128; repeatable")
+
+    p = sub.add_parser("list", help="registered variants with family and summary")
+    p.add_argument("filter", nargs="?", default="", help="fnmatch pattern(s), comma-separated; plain text matches a substring")
+    p.add_argument("--family", help="only this family")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="output levels, params and GFLOPs of one variant on a backbone")
+    p.add_argument("name", help="a registered variant")
+    backbone_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="params, GFLOPs and CPU latency of several variants")
+    backbone_args(p)
+    p.add_argument("--necks", "-n", default="", metavar="PATTERN", help="fnmatch pattern(s), comma-separated (default: all)")
+    p.add_argument("--reps", type=_positive, default=5, help="timed rounds, interleaved over the necks (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per neck first (default 1)")
+    p.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    p.add_argument("--threads", type=_positive, default=1,
+                   help="torch CPU threads while measuring (default 1: steadier numbers to compare)")
+    p.add_argument("--sort", choices=("name", "params", "flops", "latency"), default="name")
+    p.add_argument("--plot", metavar="FILE.png", help="save latency vs params as a PNG (needs matplotlib)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("docs", help="regenerate docs/ from the registry, or --check that it is current")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 listing stale files instead of writing (latency cells are not compared)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: the checkout's docs/)")
+    p.add_argument("--necks", "-n", default="", metavar="PATTERN",
+                   help="only these variants (a partial tree: no questions page, no pruning); for quick checks")
+    p.add_argument("--reps", type=_positive, default=5, help="latency rounds (default 5)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_docs)
+    return parser
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, (CliError, ValueError)) else f"{type(e).__name__}: {text}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``fpn-zoo`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, TypeError, RuntimeError, OSError, AssertionError) as e:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Generated docs: diagrams drawn from the built graphs, pages from the registry, ``--check`` catching changes."""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+import fpn_zoo
+from fpn_zoo import _registry, docs_gen
+from fpn_zoo.cli import main
+from fpn_zoo.diagram import NODE_PREFIX, mermaid
+from fpn_zoo.graph import GraphNeck
+from fpn_zoo.measure import Reference
+
+SMALL = Reference(size=(64, 64))  # resnet18 (2, 3, 4) at 64 px: the docs machinery without the cost
+PYRAMID = fpn_zoo.FeatureSpec((16, 24, 32), (8, 16, 32))
+SINGLE_STRIDE = fpn_zoo.FeatureSpec((32,), (16,))
+
+NODE_DEF = re.compile(r"^\s*(\w+)(?:\[|\(\[|\{\{)", re.M)
+EDGE = re.compile(r"^\s*(\w+) -->(?:\|\"[^\"]*\"\|)? (\w+)$", re.M)
+
+
+def build_small(name: str):
+    """The variant on a tiny pyramid, or on one single-stride map when it declines pyramids."""
+    try:
+        return fpn_zoo.create_neck(name, PYRAMID)
+    except ValueError:
+        return fpn_zoo.create_neck(name, SINGLE_STRIDE)
+
+
+def generate(names=("fpn", "pan"), **kwargs):
+    kwargs.setdefault("reference", SMALL)
+    kwargs.setdefault("latency_reps", 0)
+    kwargs.setdefault("questions", False)
+    return docs_gen.generate(list(names), **kwargs)
+
+
+def test_fpn_diagram_has_one_node_per_topology_node_and_every_edge():
+    neck = fpn_zoo.create_neck("fpn", PYRAMID, out_channels=8)
+    text = mermaid(neck)
+    nodes = [n for n in NODE_DEF.findall(text) if n.startswith(NODE_PREFIX)]
+    assert sorted(nodes) == sorted(NODE_PREFIX + n.name for n in neck.topology.nodes)
+    edges = set(EDGE.findall(text))
+    ids = {i: f"in{i}" for i in range(neck.topology.num_levels)}
+    ids.update({neck.topology.num_levels + k: NODE_PREFIX + n.name for k, n in enumerate(neck.topology.nodes)})
+    for k, node in enumerate(neck.topology.nodes):
+        for src in node.inputs:
+            assert (ids[src], NODE_PREFIX + node.name) in edges
+    outputs = [(ids[o], f"out{k}") for k, o in enumerate(neck.topology.outputs)]
+    assert set(outputs) <= edges
+
+
+@pytest.mark.parametrize("name", fpn_zoo.list_necks())
+def test_every_variant_gets_a_well_formed_diagram(name):
+    neck = build_small(name)
+    text = mermaid(neck)
+    assert text.startswith("flowchart LR\n")
+    defined = NODE_DEF.findall(text)
+    assert len(defined) == len(set(defined)), "node ids must be unique"
+    edges = EDGE.findall(text)
+    assert edges and all(a in defined and b in defined for a, b in edges)
+    outputs = [n for n in defined if re.fullmatch(r"(\w+_)?out\d+", n)]
+    assert len(outputs) >= len(neck.feature_info.channels())
+    if isinstance(neck, GraphNeck):
+        nodes = [n for n in defined if n.startswith(NODE_PREFIX)]
+        assert len(nodes) == len(neck.topology.nodes)
+
+
+def test_pages_come_from_the_registry_and_the_built_module():
+    files = generate(["fpn_p6p7"])
+    assert sorted(files) == ["index.md", "necks/fpn_p6p7.md", "variants.md"]
+    page = files["necks/fpn_p6p7.md"]
+    cfg = fpn_zoo.neck_cfg("fpn_p6p7")
+    assert cfg.summary in page and cfg.paper in page
+    for key in cfg.args:
+        assert f"| `{key}` |" in page
+    assert "**`2`**" in page  # extra_levels differs from the family default: shown in bold
+    neck = fpn_zoo.create_neck("fpn_p6p7", docs_gen._Bench().get(SMALL)[0])
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| (\d+) \| \d+x\d+ \|$", page, re.M)
+    assert [(int(c), int(s)) for _, c, s in rows] == list(zip(neck.feature_info.channels(), neck.feature_info.reduction()))
+    assert "```mermaid\n" + mermaid(neck) in page
+    assert f'fpn_zoo.create_neck("fpn_p6p7", backbone)' in page
+    assert "(necks/fpn_p6p7.md)" in files["variants.md"]
+
+
+def test_check_passes_on_fresh_docs_whatever_the_latency(tmp_path):
+    docs_gen.write(tmp_path, generate(latency_reps=1))
+    variants = (tmp_path / "variants.md").read_text()
+    cells = re.findall(r"\d+\.\d+ ms", variants)
+    assert len(cells) == 2  # fpn and pan were timed
+    (tmp_path / "variants.md").write_text(variants.replace(cells[0], "9999.99 ms"))
+    assert docs_gen.check(tmp_path, generate()) == []
+
+
+def test_check_lists_an_edited_page(tmp_path):
+    docs_gen.write(tmp_path, generate())
+    page = tmp_path / "necks" / "pan.md"
+    page.write_text(page.read_text().replace("parameters**", "parameters (edited)**"))
+    stale = docs_gen.check(tmp_path, generate())
+    assert len(stale) == 1 and "pan.md" in stale[0]
+
+
+def test_check_lists_pages_of_a_changed_new_or_removed_variant(tmp_path, monkeypatch):
+    docs_gen.write(tmp_path, generate())
+    fpn_zoo.list_necks()  # the registry is loaded before its state is patched
+    raw = _registry._state.variants["fpn"]
+    monkeypatch.setitem(_registry._state.variants, "fpn", replace(raw, args={**raw.args, "out_channels": 32}))
+    stale = docs_gen.check(tmp_path, generate())
+    assert {s.split(":")[0].rsplit("/", 1)[-1] for s in stale} == {"variants.md", "fpn.md"}
+    monkeypatch.setitem(_registry._state.variants, "fpn_docs_probe", replace(raw, name="fpn_docs_probe"))
+    stale = docs_gen.check(tmp_path, generate(["fpn", "pan", "fpn_docs_probe"]))
+    assert any("fpn_docs_probe.md: missing" in s for s in stale)
+    (tmp_path / "necks" / "gone.md").write_text("# gone\n")
+    assert any("gone.md: no such variant" in s for s in docs_gen.check(tmp_path, generate()))
+
+
+def test_questions_page_measures_channels_depth_and_direction():
+    text = generate(["fpn"], questions=True)["questions.md"]
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    assert len(sections) == 3
+    for label in ("64 channels", "128 channels", "256 channels", "smooth_depth=3", "pan, 64 ch"):
+        assert re.search(rf"^\| {re.escape(label)}[^|]* \| \d+\.\d+ \| \d+\.\d+ \| n/a ms \|", text, re.M), label
+    assert "| 64 channels | " in text and "1.00x" in text
+
+
+def test_cli_docs_writes_then_checks(tmp_path, capsys):
+    assert main(["docs", "--out", str(tmp_path), "--necks", "fpn_bn*", "--check", "-q"]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert main(["docs", "--out", str(tmp_path), "--necks", "fpn_bn*", "--reps", "1", "-q"]) == 0
+    assert main(["docs", "--out", str(tmp_path), "--necks", "fpn_bn*", "--check", "-q"]) == 0
+    pages = sorted(p.name for p in (tmp_path / "necks").iterdir())
+    assert pages == [f"{n}.md" for n in sorted(fpn_zoo.list_necks("fpn_bn*"))]
+
+
+def test_the_example_on_a_page_runs_and_prints_what_it_says(capsys):
+    page = generate(["pan_bn_lrelu_64"])["necks/pan_bn_lrelu_64.md"]
+    code = re.search(r"## Example\n\n```python\n(.*?)```", page, re.S).group(1)
+    expected = code.strip().splitlines()[-1].lstrip("# ")
+    exec(compile(code, "example", "exec"), {})
+    assert capsys.readouterr().out.strip() == expected
