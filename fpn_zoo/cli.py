@@ -332,8 +332,12 @@ def cmd_docs(args: argparse.Namespace) -> int:
                                   progress=progress)
     finally:
         progress.close()
+    readme = out.parent / "README.md"
+    sync_readme = prune and readme.is_file() and docs_gen.README_START in readme.read_text(encoding="utf-8")
     if args.check:
         stale = docs_gen.check(out, files, prune=prune)
+        if sync_readme and not docs_gen.sync_readme(readme, check=True):
+            stale.append(f"{readme}: variant table differs")
         if stale:
             print(f"{PROG}: {len(stale)} stale file(s) in {out} (run `{PROG} docs` to regenerate):", file=sys.stderr)
             for line in stale:
@@ -342,6 +346,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
         print(f"{out}: {len(files)} generated files are current (latency not compared)", file=sys.stderr)
         return 0
     touched = docs_gen.write(out, files, prune=prune)
+    if sync_readme:
+        docs_gen.sync_readme(readme, check=False)
     print(f"{out}: {len(files)} files generated, {len(touched)} changed, in {time.perf_counter() - start:.1f} s",
           file=sys.stderr)
     return 0

@@ -600,6 +600,44 @@ def check(out_dir: Union[str, Path], files: Mapping[str, str], *, prune: bool = 
     return stale
 
 
+README_START, README_END = "<!-- variants:start -->", "<!-- variants:end -->"
+
+
+def readme_table(docs_prefix: str = "docs") -> str:
+    """The README's variant table: every built-in variant with family, summary and paper, linking its page."""
+    rows = []
+    for name in select_necks(None):
+        cfg = neck_cfg(name)
+        rows.append([f"[`{name}`]({docs_prefix}/{NECK_DIR}/{name}.md)", f"`{cfg.family}`", cfg.summary or "-",
+                     _paper(cfg.paper)])
+    note = (f"{len(rows)} variants; params, GFLOPs and latency on a reference backbone are in "
+            f"[{docs_prefix}/variants.md]({docs_prefix}/variants.md).")
+    return "\n".join([note, "", _table(["variant", "family", "summary", "paper"], rows, "llll")])
+
+
+def sync_readme(readme: Union[str, Path], *, check: bool) -> bool:
+    """Put :func:`readme_table` between the README's markers; with ``check``, only say whether it is current.
+
+    Returns True when the README is (now) current, False when ``check`` finds it stale.
+
+    Raises:
+        ValueError: the README lacks the markers.
+    """
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_START} ... {README_END} markers for the variant table")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_START}\n{readme_table()}\n{README_END}{tail}"
+    if new == text:
+        return True
+    if check:
+        return False
+    path.write_text(new, encoding="utf-8")
+    return True
+
+
 def default_docs_dir() -> Path:
     """``docs/`` of the source checkout this package runs from, else ``./docs``."""
     root = Path(__file__).resolve().parent.parent

@@ -139,3 +139,18 @@ def test_the_example_on_a_page_runs_and_prints_what_it_says(capsys):
     expected = code.strip().splitlines()[-1].lstrip("# ")
     exec(compile(code, "example", "exec"), {})
     assert capsys.readouterr().out.strip() == expected
+
+
+def test_readme_variant_table_lists_every_variant_and_check_catches_a_stale_one(tmp_path):
+    from fpn_zoo import docs_gen
+
+    table = docs_gen.readme_table()
+    for name in fpn_zoo.list_necks():
+        assert f"[`{name}`](docs/necks/{name}.md)" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{docs_gen.README_START}\nold table\n{docs_gen.README_END}\nrest\n")
+    assert docs_gen.sync_readme(readme, check=True) is False
+    assert docs_gen.sync_readme(readme, check=False) is True
+    assert docs_gen.sync_readme(readme, check=True) is True
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "old table" not in text
