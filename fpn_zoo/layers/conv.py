@@ -39,6 +39,26 @@ def _known_norms() -> list[str]:
         return []
 
 
+def _lookup(kind: str, spec: LayerSpec, timm_getter: str, known: Callable[[], list]) -> Optional[Callable[..., nn.Module]]:
+    """A layer class/factory from a name (through timm), a class or factory (as is), or None."""
+    if spec is None or spec == "" or spec == "none":
+        return None
+    if isinstance(spec, str):
+        import timm.layers
+
+        try:
+            layer = getattr(timm.layers, timm_getter)(spec)
+        except (KeyError, ValueError, AssertionError):
+            layer = None
+        if layer is None:
+            raise ValueError(f"unknown {kind} {spec!r}{_close(spec, known())}")
+        return layer
+    if callable(spec):
+        return spec
+    raise TypeError(f"{'act' if kind == 'activation' else kind} must be a name, a class, a factory or None, "
+                    f"got {type(spec).__name__}")
+
+
 def resolve_act(act: LayerSpec, act_kwargs: Optional[Mapping[str, Any]] = None) -> Optional[Callable[[], nn.Module]]:
     """Turn ``act`` (name, class, factory or None) into a zero-argument factory, or None.
 
@@ -46,23 +66,8 @@ def resolve_act(act: LayerSpec, act_kwargs: Optional[Mapping[str, Any]] = None) 
         ValueError: an unknown activation name (with close matches).
         TypeError: ``act`` is neither a string, a callable nor None.
     """
-    if act is None or act == "" or act == "none":
-        return None
-    if isinstance(act, str):
-        from timm.layers import get_act_layer
-
-        try:
-            layer = get_act_layer(act)
-        except (KeyError, ValueError, AssertionError):
-            layer = None
-        if layer is None:
-            raise ValueError(f"unknown activation {act!r}{_close(act, _known_acts())}")
-    elif callable(act):
-        layer = act
-    else:
-        raise TypeError(f"act must be a name, a class, a factory or None, got {type(act).__name__}")
-    kwargs = dict(act_kwargs or {})
-    return partial(_make_act, layer, kwargs)
+    layer = _lookup("activation", act, "get_act_layer", _known_acts)
+    return None if layer is None else partial(_make_act, layer, dict(act_kwargs or {}))
 
 
 def _make_act(layer: Callable[..., nn.Module], kwargs: dict) -> nn.Module:
@@ -80,22 +85,8 @@ def resolve_norm(norm: LayerSpec, norm_kwargs: Optional[Mapping[str, Any]] = Non
         ValueError: an unknown norm name (with close matches).
         TypeError: ``norm`` is neither a string, a callable nor None.
     """
-    if norm is None or norm == "" or norm == "none":
-        return None
-    if isinstance(norm, str):
-        from timm.layers import get_norm_layer
-
-        try:
-            layer = get_norm_layer(norm)
-        except (KeyError, ValueError, AssertionError):
-            layer = None
-        if layer is None:
-            raise ValueError(f"unknown norm {norm!r}{_close(norm, _known_norms())}")
-    elif callable(norm):
-        layer = norm
-    else:
-        raise TypeError(f"norm must be a name, a class, a factory or None, got {type(norm).__name__}")
-    return partial(layer, **dict(norm_kwargs or {}))
+    layer = _lookup("norm", norm, "get_norm_layer", _known_norms)
+    return None if layer is None else partial(layer, **dict(norm_kwargs or {}))
 
 
 class ConvNormAct(nn.Sequential):
