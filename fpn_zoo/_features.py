@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence, Tuple
 import torch
 from timm.models import FeatureInfo
 
-__all__ = ["FeatureSpec", "BackboneMismatch", "make_feature_info", "check_features"]
+__all__ = ["FeatureSpec", "BackboneMismatch", "make_feature_info", "check_features", "check_module_inputs", "is_compiling"]
 
 
 class BackboneMismatch(ValueError):
@@ -128,6 +128,19 @@ def make_feature_info(channels: Sequence[int], reductions: Sequence[float], pref
         for i, (c, r) in enumerate(zip(channels, reductions))
     ]
     return FeatureInfo(info, out_indices=tuple(range(len(info))))
+
+
+def is_compiling() -> bool:
+    """True while torch.compile / torch.export trace: input checks then stay out of the graph."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def check_module_inputs(module: torch.nn.Module, features: Any, spec: FeatureSpec) -> None:
+    """:func:`check_features` against ``module``'s weights' dtype, skipped while compiling."""
+    if not is_compiling():
+        param = next(module.parameters(), None)
+        check_features(features, spec, param.dtype if param is not None else None)
 
 
 def check_features(features: Any, spec: FeatureSpec, param_dtype: Optional[torch.dtype] = None) -> None:

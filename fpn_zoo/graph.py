@@ -27,7 +27,7 @@ import re
 import torch
 from torch import nn
 
-from ._features import FeatureSpec, check_features, make_feature_info
+from ._features import FeatureSpec, check_module_inputs, make_feature_info
 from .layers.fuse import fuse_batchnorm
 from .layers.fusion import FUSIONS, make_fusion
 from .layers.resample import ExtraLevels, Resample, max_pool_down
@@ -171,11 +171,6 @@ class FusionNode(nn.Module):
         return self.smooth(self.fuse(xs))
 
 
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
 class GraphNeck(nn.Module):
     """Runs a :class:`Topology` on a backbone's feature maps.
 
@@ -293,9 +288,7 @@ class GraphNeck(nn.Module):
         return fuse_batchnorm(self)
 
     def _prepare(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        if not _is_compiling():
-            param = next(self.parameters(), None)
-            check_features(features, self.spec, param.dtype if param is not None else None)
+        check_module_inputs(self, features, self.spec)
         if self.spec.input_fmt == "NHWC":
             return [f.permute(0, 3, 1, 2) for f in features]
         return list(features)

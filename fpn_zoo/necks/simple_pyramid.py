@@ -41,9 +41,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .._features import BackboneMismatch, FeatureSpec, check_features, make_feature_info
+from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
-from ..graph import _is_compiling
 from ..layers.conv import ConvNormAct, LayerSpec, conv_block, resolve_act, resolve_norm
 from ..layers.resample import ExtraLevels
 from ._common import check_common, init_weights
@@ -199,9 +198,7 @@ class SimplePyramid(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Args: one map per backbone level (all at one stride). Returns: one NCHW map per output level."""
-        if not _is_compiling():
-            param = next(self.parameters(), None)
-            check_features(features, self.spec, param.dtype if param is not None else None)
+        check_module_inputs(self, features, self.spec)
         x = features[-1]
         if self.spec.input_fmt == "NHWC":
             x = x.permute(0, 3, 1, 2)
