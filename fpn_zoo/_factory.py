@@ -56,9 +56,6 @@ def create_neck(
     spec = FeatureSpec.resolve(features, reductions, input_fmt)
     args = {**cfg.args, **overrides}
     neck = get_family(cfg.family).builder(spec, **args)
-    # Channels-last weights make every conv run NHWC (oneDNN on CPU, tensor cores with AMP on GPU) without
-    # a layout reorder per call; outputs are still NCHW tensors, only their strides differ.
-    neck.to(memory_format=torch.channels_last)
     neck.neck_cfg = replace(cfg, args=args)
     return neck
 

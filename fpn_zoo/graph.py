@@ -193,6 +193,11 @@ class GraphNeck(nn.Module):
     the new version in ``_STATE_DICT_RENAMES`` and older checkpoints are upgraded as they load.
     """
 
+    # In eval mode the maps are made channels-last on entry, so every conv runs NHWC: oneDNN's NHWC convs
+    # took 1.43 s vs 2.19 s for NCHW over 3 FPN forwards at 640 px on this project's CPU. In training NCHW
+    # was faster (NHWC weight gradients are slower there), so training keeps the layout it is given.
+    eval_channels_last: bool = True
+
     _version = 1
     _STATE_DICT_RENAMES: Dict[int, Tuple[Tuple[str, str], ...]] = {}
 
@@ -289,8 +294,10 @@ class GraphNeck(nn.Module):
 
     def _prepare(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         check_module_inputs(self, features, self.spec)
-        if self.spec.input_fmt == "NHWC":
+        if self.spec.input_fmt == "NHWC":  # a free view, already channels-last in memory
             return [f.permute(0, 3, 1, 2) for f in features]
+        if self.eval_channels_last and not self.training:
+            return [f.contiguous(memory_format=torch.channels_last) for f in features]
         return list(features)
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:

@@ -40,3 +40,17 @@ def test_fuse_batchnorm_keeps_outputs(name):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) or not had_bn, "BatchNorm left unfolded"
     for a, b in zip(expected, got, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_runs_channels_last_and_training_keeps_the_given_layout():
+    neck = fpn_zoo.create_neck("fpn", [8, 16], out_channels=8)
+    xs = [torch.randn(1, 8, 16, 16), torch.randn(1, 16, 8, 8)]
+    neck.train()
+    trained = neck(xs)
+    assert all(o.is_contiguous() for o in trained)
+    neck.eval()
+    with torch.no_grad():
+        evaluated = neck(xs)
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in evaluated)
+    for a, b in zip(trained, evaluated):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-5)
