@@ -17,8 +17,14 @@ __all__ = ["Resample", "ExtraLevels", "max_pool_down", "resize_to"]
 
 
 def resize_to(x: torch.Tensor, size: torch.Size, mode: str) -> torch.Tensor:
-    """Resize ``x`` to spatial ``size`` (no-op when it already has it)."""
-    if x.shape[-2:] == size:
+    """Resize ``x`` to spatial ``size`` (no-op when it already has it).
+
+    While exporting (``torch.export``, ONNX) the resize is always written: comparing symbolic sizes would
+    bake the export-time size relations between levels into the program as guards (a backbone that rounds
+    differently would be rejected); resizing a map to its own size is exact.
+    """
+    exporting = getattr(getattr(torch, "compiler", None), "is_exporting", lambda: False)()
+    if not exporting and x.shape[-2:] == size:
         return x
     if mode in ("bilinear", "bicubic"):
         return F.interpolate(x, size=size, mode=mode, align_corners=False)
