@@ -90,10 +90,12 @@ def bifpn_vs_effdet() -> Optional[Case]:
 
     channels, strides = [40, 112, 320], [8, 16, 32]
     config = get_efficientdet_config("efficientdet_d0")
-    info = [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)]
-    peer = BiFpn(config, info)
-    ours = fpn_zoo.create_neck("bifpn", info)
-    ours.load_state_dict(from_effdet_bifpn(peer.state_dict()))
+    def info():  # effdet's BiFpn edits the dicts it is given
+        return [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)]
+
+    peer = BiFpn(config, info())
+    ours = fpn_zoo.create_neck("bifpn", info())
+    ours.load_state_dict(from_effdet_bifpn(peer.state_dict(), ours))
     return Case("bifpn", "EfficientNet-B0 C3-C5, D0 (64 ch, 3 cells, P3-P7), 512 px; peer effdet BiFpn",
                 ours, peer, lambda xs: list(peer(list(xs))), _maps(channels, 512, strides), 0.6, 0.8)
 
