@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import statistics
 import sys
@@ -156,19 +155,24 @@ def run_case(case: Case, reps: int) -> Dict[str, float]:
             "train_ours": train_t["ours"], "train_peer": train_t["peer"]}
 
 
+def _resnet50_necks(names: Sequence[str]):
+    """``(name, neck in eval mode, maps)`` on ResNet-50 C3-C5 at 640 px, for each variant that takes them."""
+    channels, strides = [512, 1024, 2048], [8, 16, 32]
+    info = [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)]
+    xs = _maps(channels, 640, strides)
+    for name in names:
+        try:
+            yield name, fpn_zoo.create_neck(name, info).eval(), xs
+        except fpn_zoo.BackboneMismatch:
+            continue
+
+
 def conv_efficiency(names: Sequence[str], reps: int) -> List[Tuple[str, float, float, float]]:
     """Achieved GFLOP/s of each variant vs one 3x3 conv (out_channels -> out_channels) at the finest level."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    channels, strides = [512, 1024, 2048], [8, 16, 32]
-    info = [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)]
-    xs = _maps(channels, 640, strides)
     rows = []
-    for name in names:
-        try:
-            neck = fpn_zoo.create_neck(name, info).eval()
-        except ValueError:
-            continue
+    for name, neck, xs in _resnet50_necks(names):
         width = neck.feature_info.channels()[0]
         conv = torch.nn.Conv2d(width, width, 3, padding=1).eval().to(memory_format=torch.channels_last)
         x = torch.randn(1, width, *xs[0].shape[-2:]).contiguous(memory_format=torch.channels_last)
@@ -187,15 +191,8 @@ def fuse_gain(names: Sequence[str], reps: int) -> List[Tuple[str, float, float]]
     """Eval latency before and after fpn_zoo.fuse_batchnorm for variants with BatchNorm."""
     import copy
 
-    channels, strides = [512, 1024, 2048], [8, 16, 32]
-    info = [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)]
-    xs = _maps(channels, 640, strides)
     rows = []
-    for name in names:
-        try:
-            neck = fpn_zoo.create_neck(name, info).eval()
-        except ValueError:
-            continue
+    for name, neck, xs in _resnet50_necks(names):
         if not any(isinstance(m, torch.nn.BatchNorm2d) for m in neck.modules()):
             continue
         fused = fpn_zoo.fuse_batchnorm(copy.deepcopy(neck))

@@ -15,14 +15,6 @@ from fpn_zoo.necks.bifpn import ActConvNorm, bifpn_cell, bifpn_topology, stack_c
 CHANNELS = [24, 40, 80]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Maps here are tiny: a second OpenMP thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def maps(channels, sizes, batch=2):
     torch.manual_seed(0)

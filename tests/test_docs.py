@@ -80,7 +80,7 @@ def test_pages_come_from_the_registry_and_the_built_module():
     rows = re.findall(r"^\| (\d+) \| (\d+) \| (\d+) \| \d+x\d+ \|$", page, re.M)
     assert [(int(c), int(s)) for _, c, s in rows] == list(zip(neck.feature_info.channels(), neck.feature_info.reduction()))
     assert "```mermaid\n" + mermaid(neck) in page
-    assert f'fpn_zoo.create_neck("fpn_p6p7", backbone)' in page
+    assert 'fpn_zoo.create_neck("fpn_p6p7", backbone)' in page
     assert "(necks/fpn_p6p7.md)" in files["variants.md"]
 
 

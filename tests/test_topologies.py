@@ -8,20 +8,11 @@ from torch import nn
 
 import fpn_zoo
 from fpn_zoo import _registry
-from fpn_zoo.graph import Node, Topology
 from fpn_zoo.layers.fusion import GlobalAttnFusion
 
 CHANNELS = [24, 40, 80]
 ODD = [(9, 13), (5, 7), (3, 4)]  # a 65x97 image at strides 8, 16, 32
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Maps here are tiny: a second OpenMP thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def maps(channels=CHANNELS, sizes=ODD, batch=2):
