@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
+from .winograd import WinogradConv2d
+
 __all__ = ["LayerSpec", "ConvNormAct", "SeparableConvNormAct", "conv_block", "resolve_norm", "resolve_act"]
 
 LayerSpec = Union[str, type, Callable[..., nn.Module], None]
@@ -92,7 +94,8 @@ def resolve_norm(norm: LayerSpec, norm_kwargs: Optional[Mapping[str, Any]] = Non
 class ConvNormAct(nn.Sequential):
     """``conv -> norm -> act``, padding from the kernel, bias only when there is no norm.
 
-    Children are named ``conv``, ``norm``, ``act`` (the state-dict names are part of the API).
+    Children are named ``conv``, ``norm``, ``act`` (the state-dict names are part of the API). The conv is a
+    :class:`~fpn_zoo.layers.winograd.WinogradConv2d`: an ``nn.Conv2d`` that runs large 3x3 convs faster on the CPU.
     """
 
     def __init__(
@@ -106,7 +109,7 @@ class ConvNormAct(nn.Sequential):
         act_layer: Optional[Callable[[], nn.Module]] = None,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
+        self.conv = WinogradConv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
             groups=groups, bias=norm_layer is None,
         )

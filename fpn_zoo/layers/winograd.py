@@ -1,0 +1,287 @@
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3), for the CPU.
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016, https://arxiv.org/abs/1509.09308.
+
+A stride-1 3x3 conv makes each 4x4 tile of its output from a 6x6 tile of its input. Transformed into the
+Winograd domain, that is 36 element-wise products per (input, output) channel pair instead of 144: the conv
+becomes 36 independent ``(tiles x C_in) @ (C_in x C_out)`` matrix products, a quarter of the multiply-adds
+of the direct conv, plus cheap linear transforms of the tiles before and after. It computes the same
+function as the direct conv; the float32 rounding differs (about 1e-5 of the output's magnitude, a few
+times the direct conv's own rounding). Neck smoothing convs (256 -> 256 channels on stride-8 maps) are where
+it pays: on this project's 2-core CPU it ran 1.6x faster than oneDNN's direct conv at 80x80 and 256
+channels, and lost below about 40x40 or 128 channels (``benchmarks/winograd.py``).
+
+:class:`WinogradConv2d` is an ``nn.Conv2d`` (same parameters, same state dict) that takes this path only
+where it wins, and the direct conv everywhere else: other dtypes or devices, other kernels, small maps,
+and while ``torch.compile`` / ``torch.export`` / tracing see the module (the compilers choose their own
+algorithms, and exported programs stay plain convolutions).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["WinogradConv2d", "winograd_conv3x3"]
+
+TILE = 4  # output tile side (m)
+WINDOW = TILE + 2  # input tile side (m + r - 1)
+
+# The transforms for F(4, 3) with interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray, sec. 4).
+_INPUT_T = [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+]
+_FILTER = [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+]
+_OUTPUT_T = [
+    [1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 0],
+    [0, 1, 1, 4, 4, 0],
+    [0, 1, -1, 8, -8, 1],
+]
+
+# Where the Winograd path wins (measured with benchmarks/winograd.py, float32, 2 threads): both channel
+# counts at least 128 and at least 40 x 40 output pixels.
+MIN_CHANNELS = 128
+MIN_PIXELS = 40 * 40
+
+# Tiles are processed a few tile rows at a time, so the transformed tiles of one chunk stay in cache
+# between the transforms and the matrix products.
+_TILE_ROWS_PER_CHUNK = 8
+
+
+@lru_cache(maxsize=None)
+def _transforms(dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2-D transforms as matrices on flattened tiles: input (36x36), filter (36x9), output (16x36)."""
+
+    def as_2d(matrix):
+        m = torch.tensor(matrix, dtype=torch.float64)
+        return torch.kron(m, m).to(dtype=dtype, device=device)
+
+    with torch.inference_mode(False):  # cached: must stay usable by autograd if first made in inference mode
+        return as_2d(_INPUT_T), as_2d(_FILTER), as_2d(_OUTPUT_T)
+
+
+def _filter_transform(weight: torch.Tensor, filter_t: torch.Tensor) -> torch.Tensor:
+    """``(C_out, C_in, 3, 3)`` weights -> ``(36, C_in, C_out)`` Winograd-domain weights, row-major.
+
+    (``torch.bmm`` with ``out=`` copies column-major operands matrix by matrix, so the layout matters.)
+    """
+    c_out, c_in = weight.shape[:2]
+    taps = weight.permute(2, 3, 1, 0).reshape(9, c_in * c_out)
+    return (filter_t @ taps).view(WINDOW * WINDOW, c_in, c_out)
+
+
+def _input_tiles(x: torch.Tensor) -> torch.Tensor:
+    """Overlapping 6x6 input tiles, stride 4, as a view ``(N, C, tiles_h, tiles_w, 6, 6)``."""
+    height, width = x.shape[-2:]
+    tiles_h, tiles_w = -(-height // TILE), -(-width // TILE)
+    padded = F.pad(x, (1, tiles_w * TILE + 1 - width, 1, tiles_h * TILE + 1 - height))
+    return padded.unfold(2, WINDOW, TILE).unfold(3, WINDOW, TILE)
+
+
+def winograd_conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    transformed_weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel, stride 1, no groups, by F(4x4, 3x3).
+
+    Any size (tiles past the edge are cropped), any memory format in; channels-last out. Differentiable
+    once: the input and weight gradients are Winograd computations too (no double backward).
+    ``transformed_weight`` is ``weight`` already in the Winograd domain (inference caches it).
+    """
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[-2:] != (3, 3) or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"winograd_conv3x3 needs NCHW input and (C_out, {x.shape[1]}, 3, 3) weights, "
+                         f"got input {tuple(x.shape)} and weights {tuple(weight.shape)}")
+    needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    if torch.is_grad_enabled() and needs_grad:
+        return _WinogradConv3x3.apply(x, weight, bias)
+    if transformed_weight is None:
+        transformed_weight = _filter_transform(weight, _transforms(weight.dtype, weight.device)[1])
+    return _conv(x, transformed_weight, bias)
+
+
+class _WinogradConv3x3(torch.autograd.Function):
+    """Forward and both gradients by F(4x4, 3x3); saves only the input and the weight, like a conv."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _conv(x, _filter_transform(weight, _transforms(weight.dtype, weight.device)[1]), bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        filter_t = _transforms(weight.dtype, weight.device)[1]
+        if ctx.needs_input_grad[0]:
+            # The input gradient of a stride-1 "same" conv is the same conv of the output gradient with
+            # the kernel rotated by 180 degrees and its channel axes swapped.
+            rotated = weight.flip(2, 3).transpose(0, 1)
+            grad_x = _conv(grad_out, _filter_transform(rotated, filter_t), None)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _weight_grad(x, grad_out)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(dim=(0, 2, 3))
+        return grad_x, grad_weight, grad_bias
+
+
+def _chunks(tiles_h: int):
+    """Tile-row ranges ``(top, bottom)`` covering ``tiles_h`` rows of tiles."""
+    rows = min(_TILE_ROWS_PER_CHUNK, tiles_h)
+    return [(top, min(tiles_h, top + rows)) for top in range(0, tiles_h, rows)], rows
+
+
+def _conv(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The forward computation, chunk by chunk, into one channels-last output."""
+    batch, _, height, width = x.shape
+    c_in, c_out = u.shape[1:]
+    input_t, _, output_t = _transforms(x.dtype, x.device)
+    tiles = _input_tiles(x)
+    tiles_h, tiles_w = tiles.shape[2:4]
+    out = torch.empty((batch, c_out, height, width), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out_nhwc = out.permute(0, 2, 3, 1)
+    chunks, rows = _chunks(tiles_h)
+    area = WINDOW * WINDOW
+    # One set of buffers, reused by every chunk (fresh multi-MB allocations cost page faults each time).
+    most_tiles = batch * rows * tiles_w
+    d_buf = x.new_empty(area * most_tiles * c_in)
+    v_buf = torch.empty_like(d_buf)
+    m_buf = x.new_empty(area * most_tiles * c_out)
+    y_buf = x.new_empty(TILE * TILE * most_tiles * c_out)
+    for top, bottom in chunks:
+        n_tiles = batch * (bottom - top) * tiles_w
+        d = d_buf[: area * n_tiles * c_in].view(WINDOW, WINDOW, batch, bottom - top, tiles_w, c_in)
+        d.copy_(tiles[:, :, top:bottom].permute(4, 5, 0, 2, 3, 1))
+        v = v_buf[: area * n_tiles * c_in].view(area, n_tiles * c_in)
+        torch.mm(input_t, d.view(area, n_tiles * c_in), out=v)
+        m = m_buf[: area * n_tiles * c_out].view(area, n_tiles, c_out)
+        torch.bmm(v.view(area, n_tiles, c_in), u, out=m)
+        y = y_buf[: TILE * TILE * n_tiles * c_out].view(TILE * TILE, n_tiles * c_out)
+        torch.mm(output_t, m.view(area, n_tiles * c_out), out=y)
+        y = y.view(TILE, TILE, batch, bottom - top, tiles_w, c_out).permute(2, 3, 0, 4, 1, 5)
+        y = y.reshape(batch, (bottom - top) * TILE, tiles_w * TILE, c_out)
+        first_row, last_row = top * TILE, min(height, bottom * TILE)
+        source = y[:, : last_row - first_row, :width]
+        target = out_nhwc[:, first_row:last_row]
+        if bias is None:
+            target.copy_(source)
+        else:
+            torch.add(source, bias, out=target)
+    return out
+
+
+def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """``d loss / d weight`` in the Winograd domain: ``sum over tiles of V^T @ (A grad_Y A^T)``, chunked."""
+    batch, c_in, height, width = x.shape
+    c_out = grad_out.shape[1]
+    input_t, filter_t, output_t = _transforms(x.dtype, x.device)
+    tiles = _input_tiles(x)
+    tiles_h, tiles_w = tiles.shape[2:4]
+    # Output-gradient tiles do not overlap: pad to whole tiles (zeros past the edge) and view.
+    grad_tiles = F.pad(grad_out, (0, tiles_w * TILE - width, 0, tiles_h * TILE - height))
+    grad_tiles = grad_tiles.view(batch, c_out, tiles_h, TILE, tiles_w, TILE)
+    chunks, rows = _chunks(tiles_h)
+    area = WINDOW * WINDOW
+    most_tiles = batch * rows * tiles_w
+    d_buf = x.new_empty(area * c_in * most_tiles)
+    vt_buf = torch.empty_like(d_buf)
+    gy_buf = x.new_empty(TILE * TILE * most_tiles * c_out)
+    gm_buf = x.new_empty(area * most_tiles * c_out)
+    grad_u = x.new_zeros(area, c_in, c_out)
+    for top, bottom in chunks:
+        n_tiles = batch * (bottom - top) * tiles_w
+        # Input tiles transposed per position, (36, C_in, tiles): V^T comes out row-major.
+        d = d_buf[: area * c_in * n_tiles].view(WINDOW, WINDOW, c_in, batch, bottom - top, tiles_w)
+        d.copy_(tiles[:, :, top:bottom].permute(4, 5, 1, 0, 2, 3))
+        vt = vt_buf[: area * c_in * n_tiles].view(area, c_in * n_tiles)
+        torch.mm(input_t, d.view(area, c_in * n_tiles), out=vt)
+        gy = gy_buf[: TILE * TILE * n_tiles * c_out].view(TILE, TILE, batch, bottom - top, tiles_w, c_out)
+        gy.copy_(grad_tiles[:, :, top:bottom].permute(3, 5, 0, 2, 4, 1))
+        gm = gm_buf[: area * n_tiles * c_out].view(area, n_tiles * c_out)
+        torch.mm(output_t.t(), gy.view(TILE * TILE, n_tiles * c_out), out=gm)
+        grad_u.baddbmm_(vt.view(area, c_in, n_tiles), gm.view(area, n_tiles, c_out))
+    grad_taps = filter_t.t() @ grad_u.view(area, c_in * c_out)
+    return grad_taps.view(3, 3, c_in, c_out).permute(3, 2, 0, 1).contiguous()
+
+
+def _tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    compiling = compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
+    return bool(compiling or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def _autocasting() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+class WinogradConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that runs large stride-1 3x3 convs on the CPU by Winograd F(4x4, 3x3).
+
+    Parameters, state dict and every other behaviour are ``nn.Conv2d``'s. The Winograd path is taken when
+    the conv is 3x3, stride 1, padding 1, no dilation or groups, zero padding, the input is a float32 CPU
+    tensor of at least ``MIN_PIXELS`` pixels, both channel counts are at least ``MIN_CHANNELS``, no autocast, and no
+    compiler or tracer is looking. Set ``use_winograd = False`` on an instance (or the class) to always run
+    the direct conv, e.g. to reproduce another library's float32 output to the last bit.
+    """
+
+    use_winograd: bool = True
+    _cached_weight: Optional[Tuple[tuple, torch.Tensor]] = None
+
+    def winograd_applies(self, x: torch.Tensor) -> bool:
+        return (
+            self.use_winograd
+            and self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
+            and x.dim() == 4
+            and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and self.weight.dtype == torch.float32
+            and not _tracing()
+            and not _autocasting()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.winograd_applies(x):
+            return super().forward(x)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return winograd_conv3x3(x, self.weight, self.bias)
+        return winograd_conv3x3(x, self.weight, self.bias, transformed_weight=self._inference_weight())
+
+    def _inference_weight(self) -> torch.Tensor:
+        """The Winograd-domain weight, kept between calls until the weight changes (version, storage)."""
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._cached_weight is None or self._cached_weight[0] != key:
+            with torch.no_grad():
+                transformed = _filter_transform(weight, _transforms(weight.dtype, weight.device)[1])
+            self._cached_weight = (key, transformed)
+        return self._cached_weight[1]
