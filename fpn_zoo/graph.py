@@ -193,10 +193,12 @@ class GraphNeck(nn.Module):
     the new version in ``_STATE_DICT_RENAMES`` and older checkpoints are upgraded as they load.
     """
 
-    # In eval mode the maps are made channels-last on entry, so every conv runs NHWC: oneDNN's NHWC convs
-    # took 1.43 s vs 2.19 s for NCHW over 3 FPN forwards at 640 px on this project's CPU. In training NCHW
-    # was faster (NHWC weight gradients are slower there), so training keeps the layout it is given.
-    eval_channels_last: bool = True
+    # Layout in eval mode. oneDNN's depthwise convs ran 1.4-1.5x faster channels-last (BiFPN, QuFPN at 640 px),
+    # so necks with depthwise convs make their maps channels-last on entry. Dense necks don't: converting
+    # the backbone's maps cost more than NHWC saved (fpn 0.83x, pan 0.93x the time without it), and their
+    # large 3x3 convs run by Winograd, which reads any layout. Training keeps the layout it is given (NHWC
+    # weight gradients were slower on this CPU). Set per instance after construction; None = decide.
+    eval_channels_last: Optional[bool] = None
 
     _version = 1
     _STATE_DICT_RENAMES: Dict[int, Tuple[Tuple[str, str], ...]] = {}
@@ -275,6 +277,8 @@ class GraphNeck(nn.Module):
             out_reductions += [out_reductions[-1] * 2 ** (i + 1) for i in range(extra_levels)]
             out_names += [f"extras.{i}" for i in range(extra_levels)]
         self.feature_info = make_feature_info([out_channels] * len(out_reductions), out_reductions)
+        if self.eval_channels_last is None:
+            self.eval_channels_last = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in self.modules())
         for info, name in zip(self.feature_info.info, out_names):
             info["module"] = name
 

@@ -91,6 +91,11 @@ def test_conv_takes_the_winograd_path_only_where_it_applies():
         assert not conv.winograd_applies(x), "autocast picks its own kernels"
     with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
         assert not conv.winograd_applies(x), "compilers and exporters see a plain conv"
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        assert not conv.winograd_applies(x), "FLOP counters see a plain conv"
+        conv(x)
+    assert counter.get_total_flops() == 2 * 9 * MIN_CHANNELS ** 2 * x.shape[-2] * x.shape[-1]
     conv.use_winograd = False
     assert not conv.winograd_applies(x)
 

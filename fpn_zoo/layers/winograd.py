@@ -8,13 +8,15 @@ becomes 36 independent ``(tiles x C_in) @ (C_in x C_out)`` matrix products, a qu
 of the direct conv, plus cheap linear transforms of the tiles before and after. It computes the same
 function as the direct conv; the float32 rounding differs (about 1e-5 of the output's magnitude, a few
 times the direct conv's own rounding). Neck smoothing convs (256 -> 256 channels on stride-8 maps) are where
-it pays: on this project's 2-core CPU it ran 1.6x faster than oneDNN's direct conv at 80x80 and 256
-channels, and lost below about 40x40 or 128 channels (``benchmarks/winograd.py``).
+it pays: on this project's 2-core CPU it took 0.7x the time of oneDNN's direct conv at 80x80 and 256
+channels (forward, and 0.8x for a training step), and lost below about 32x32 or 192 channels
+(``benchmarks/winograd.py``).
 
 :class:`WinogradConv2d` is an ``nn.Conv2d`` (same parameters, same state dict) that takes this path only
-where it wins, and the direct conv everywhere else: other dtypes or devices, other kernels, small maps,
-and while ``torch.compile`` / ``torch.export`` / tracing see the module (the compilers choose their own
-algorithms, and exported programs stay plain convolutions).
+where it wins, and the direct conv everywhere else: other dtypes or devices, other kernels, small maps, and whenever
+something watches the ops (``torch.compile``, ``torch.export``, tracing, ``FlopCounterMode``): compilers
+choose their own algorithms, exported programs stay plain convolutions, and FLOP counts stay the
+conventional direct-conv counts.
 """
 from __future__ import annotations
 
@@ -54,10 +56,12 @@ _OUTPUT_T = [
     [0, 1, -1, 8, -8, 1],
 ]
 
-# Where the Winograd path wins (measured with benchmarks/winograd.py, float32, 2 threads): both channel
-# counts at least 128 and at least 40 x 40 output pixels.
-MIN_CHANNELS = 128
-MIN_PIXELS = 40 * 40
+# Where the Winograd path wins (benchmarks/winograd.py, float32, 2 threads): at 256 channels it took
+# 0.69-0.72x the direct conv's time from 64x64 up and 0.94x at 32x32-40x40; at 192 channels 0.87-0.91x;
+# at 128 channels and below it only broke even or lost (the transforms' memory traffic outweighs the
+# saved multiplies), and below 32x32 it lost everywhere.
+MIN_CHANNELS = 192
+MIN_PIXELS = 32 * 32
 
 # Tiles are processed a few tile rows at a time, so the transformed tiles of one chunk stay in cache
 # between the transforms and the matrix products.
@@ -207,7 +211,7 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     vt_buf = torch.empty_like(d_buf)
     gy_buf = x.new_empty(TILE * TILE * most_tiles * c_out)
     gm_buf = x.new_empty(area * most_tiles * c_out)
-    grad_u = x.new_zeros(area, c_in, c_out)
+    grad_u = x.new_empty(area, c_in, c_out)
     for top, bottom in chunks:
         n_tiles = batch * (bottom - top) * tiles_w
         # Input tiles transposed per position, (36, C_in, tiles): V^T comes out row-major.
@@ -219,15 +223,28 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
         gy.copy_(grad_tiles[:, :, top:bottom].permute(3, 5, 0, 2, 4, 1))
         gm = gm_buf[: area * n_tiles * c_out].view(area, n_tiles * c_out)
         torch.mm(output_t.t(), gy.view(TILE * TILE, n_tiles * c_out), out=gm)
-        grad_u.baddbmm_(vt.view(area, c_in, n_tiles), gm.view(area, n_tiles, c_out))
+        if top == 0:
+            torch.bmm(vt.view(area, c_in, n_tiles), gm.view(area, n_tiles, c_out), out=grad_u)
+        else:
+            grad_u.baddbmm_(vt.view(area, c_in, n_tiles), gm.view(area, n_tiles, c_out))
     grad_taps = filter_t.t() @ grad_u.view(area, c_in * c_out)
     return grad_taps.view(3, 3, c_in, c_out).permute(3, 2, 0, 1).contiguous()
 
 
-def _tracing() -> bool:
+def _observed() -> bool:
+    """Is something watching the ops: a compiler, exporter, tracer, or a dispatch mode (FLOP counter, fake tensors)?
+
+    Those see the plain conv: compilers choose their own kernels, exported programs stay portable, and FLOP
+    counts stay the conventional direct-conv counts.
+    """
     compiler = getattr(torch, "compiler", None)
     compiling = compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
-    return bool(compiling or torch.jit.is_tracing() or torch.jit.is_scripting())
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+        in_mode = _get_current_dispatch_mode() is not None
+    except ImportError:  # pragma: no cover - private helper moved
+        in_mode = False
+    return bool(compiling or in_mode or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
 def _autocasting() -> bool:
@@ -242,8 +259,8 @@ class WinogradConv2d(nn.Conv2d):
 
     Parameters, state dict and every other behaviour are ``nn.Conv2d``'s. The Winograd path is taken when
     the conv is 3x3, stride 1, padding 1, no dilation or groups, zero padding, the input is a float32 CPU
-    tensor of at least ``MIN_PIXELS`` pixels, both channel counts are at least ``MIN_CHANNELS``, no autocast, and no
-    compiler or tracer is looking. Set ``use_winograd = False`` on an instance (or the class) to always run
+    tensor of at least ``MIN_PIXELS`` pixels, both channel counts are at least ``MIN_CHANNELS``, no autocast, and
+    nothing is watching the ops (compiler, exporter, tracer, FLOP counter: they all see the direct conv). Set ``use_winograd = False`` on an instance (or the class) to always run
     the direct conv, e.g. to reproduce another library's float32 output to the last bit.
     """
 
@@ -265,7 +282,7 @@ class WinogradConv2d(nn.Conv2d):
             and x.dtype == torch.float32
             and x.device.type == "cpu"
             and self.weight.dtype == torch.float32
-            and not _tracing()
+            and not _observed()
             and not _autocasting()
         )
 
