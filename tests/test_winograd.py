@@ -96,6 +96,9 @@ def test_conv_takes_the_winograd_path_only_where_it_applies():
         assert not conv.winograd_applies(x), "FLOP counters see a plain conv"
         conv(x)
     assert counter.get_total_flops() == 2 * 9 * MIN_CHANNELS ** 2 * x.shape[-2] * x.shape[-1]
+    seen_inside_vmap = []
+    torch.func.vmap(lambda xi: seen_inside_vmap.append(conv.winograd_applies(xi[None])) or xi)(x)
+    assert seen_inside_vmap == [False], "torch.func transforms see a plain conv"
     conv.use_winograd = False
     assert not conv.winograd_applies(x)
 

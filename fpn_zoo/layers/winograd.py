@@ -247,6 +247,12 @@ def _observed() -> bool:
     return bool(compiling or in_mode or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
+def _functorch_wrapped(x: torch.Tensor) -> bool:
+    """Inside ``torch.func`` transforms (vmap, grad, jacrev ...), which a custom autograd function would block."""
+    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(check is not None and check(x))
+
+
 def _autocasting() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")
@@ -260,7 +266,8 @@ class WinogradConv2d(nn.Conv2d):
     Parameters, state dict and every other behaviour are ``nn.Conv2d``'s. The Winograd path is taken when
     the conv is 3x3, stride 1, padding 1, no dilation or groups, zero padding, the input is a float32 CPU
     tensor of at least ``MIN_PIXELS`` pixels, both channel counts are at least ``MIN_CHANNELS``, no autocast, and
-    nothing is watching the ops (compiler, exporter, tracer, FLOP counter: they all see the direct conv). Set ``use_winograd = False`` on an instance (or the class) to always run
+    nothing is watching the ops (compiler, exporter, tracer, FLOP counter, ``torch.func`` transform: they
+    all see the direct conv). Set ``use_winograd = False`` on an instance (or the class) to always run
     the direct conv, e.g. to reproduce another library's float32 output to the last bit.
     """
 
@@ -283,6 +290,7 @@ class WinogradConv2d(nn.Conv2d):
             and x.device.type == "cpu"
             and self.weight.dtype == torch.float32
             and not _observed()
+            and not _functorch_wrapped(x)
             and not _autocasting()
         )
 
