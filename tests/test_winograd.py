@@ -168,3 +168,18 @@ def test_neck_with_winograd_matches_the_neck_without(training):
         sum(o.square().mean() for o in theirs).backward()
         for (name, a), b in zip(neck.named_parameters(), direct.parameters()):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_compile_fullgraph_sees_the_direct_conv():
+    conv, x = _big_conv().eval(), _big_input()
+    compiled = torch.compile(conv, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-5, atol=1e-5)
+
+
+def test_export_writes_a_plain_convolution():
+    conv, x = _big_conv().eval(), _big_input()
+    program = torch.export.export(conv, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("conv" in t for t in targets), targets
+    assert not any("bmm" in t or "mm.default" in t for t in targets), targets

@@ -238,13 +238,15 @@ def _observed() -> bool:
     counts stay the conventional direct-conv counts.
     """
     compiler = getattr(torch, "compiler", None)
-    compiling = compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
+    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
+        return True  # first, and alone: the compilers trace this function
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
     try:
         from torch.utils._python_dispatch import _get_current_dispatch_mode
-        in_mode = _get_current_dispatch_mode() is not None
     except ImportError:  # pragma: no cover - private helper moved
-        in_mode = False
-    return bool(compiling or in_mode or torch.jit.is_tracing() or torch.jit.is_scripting())
+        return False
+    return _get_current_dispatch_mode() is not None
 
 
 def _functorch_wrapped(x: torch.Tensor) -> bool:
@@ -277,6 +279,7 @@ class WinogradConv2d(nn.Conv2d):
     def winograd_applies(self, x: torch.Tensor) -> bool:
         return (
             self.use_winograd
+            and not _observed()
             and self.kernel_size == (3, 3)
             and self.stride == (1, 1)
             and self.padding == (1, 1)
@@ -289,7 +292,6 @@ class WinogradConv2d(nn.Conv2d):
             and x.dtype == torch.float32
             and x.device.type == "cpu"
             and self.weight.dtype == torch.float32
-            and not _observed()
             and not _functorch_wrapped(x)
             and not _autocasting()
         )
