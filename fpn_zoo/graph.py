@@ -193,12 +193,14 @@ class GraphNeck(nn.Module):
     the new version in ``_STATE_DICT_RENAMES`` and older checkpoints are upgraded as they load.
     """
 
-    # Layout in eval mode. oneDNN's depthwise convs ran 1.4-1.5x faster channels-last (BiFPN, QuFPN at 640 px),
-    # so necks with depthwise convs make their maps channels-last on entry. Dense necks don't: converting
-    # the backbone's maps cost more than NHWC saved (fpn 0.83x, pan 0.93x the time without it), and their
-    # large 3x3 convs run by Winograd, which reads any layout. Training keeps the layout it is given (NHWC
-    # weight gradients were slower on this CPU). Set per instance after construction; None = decide.
-    eval_channels_last: Optional[bool] = None
+    # Layout of the maps inside the neck. oneDNN's depthwise convs ran 1.4-1.5x faster channels-last in eval
+    # (BiFPN, QuFPN at 640 px) and BiFPN's training step took 0.8x the time, so necks with depthwise convs
+    # make their maps channels-last on entry (weights stay NCHW: FSDP2 shards them as they are). Dense
+    # necks keep the layout they are given: converting the backbone's maps cost more than NHWC saved (eval:
+    # fpn 0.83x, pan 0.93x the time without it; training: pan 1.15x slower with it), and their large 3x3
+    # convs run by Winograd, which reads any layout. None = decide at construction; set True / False to
+    # override on an instance.
+    channels_last: Optional[bool] = None
 
     _version = 1
     _STATE_DICT_RENAMES: Dict[int, Tuple[Tuple[str, str], ...]] = {}
@@ -277,8 +279,8 @@ class GraphNeck(nn.Module):
             out_reductions += [out_reductions[-1] * 2 ** (i + 1) for i in range(extra_levels)]
             out_names += [f"extras.{i}" for i in range(extra_levels)]
         self.feature_info = make_feature_info([out_channels] * len(out_reductions), out_reductions)
-        if self.eval_channels_last is None:
-            self.eval_channels_last = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in self.modules())
+        if self.channels_last is None:
+            self.channels_last = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in self.modules())
         for info, name in zip(self.feature_info.info, out_names):
             info["module"] = name
 
@@ -300,7 +302,7 @@ class GraphNeck(nn.Module):
         check_module_inputs(self, features, self.spec)
         if self.spec.input_fmt == "NHWC":  # a free view, already channels-last in memory
             return [f.permute(0, 3, 1, 2) for f in features]
-        if self.eval_channels_last and not self.training:
+        if self.channels_last:
             return [f.contiguous(memory_format=torch.channels_last) for f in features]
         return list(features)
 

@@ -42,21 +42,25 @@ def test_fuse_batchnorm_keeps_outputs(name):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, eval_channels_last", [("fpn", False), ("bifpn", True)])
-def test_eval_layout_follows_the_convs_and_training_keeps_the_given_layout(name, eval_channels_last):
-    """Necks with depthwise convs run channels-last in eval (oneDNN's NHWC depthwise convs are faster);
-    dense necks keep the layout given. Training always keeps it."""
+@pytest.mark.parametrize("name, channels_last", [("fpn", False), ("bifpn", True)])
+def test_layout_follows_the_convs(name, channels_last):
+    """Necks with depthwise convs run their maps channels-last (oneDNN's NHWC depthwise convs are faster),
+    in training and eval; dense necks keep the layout given. Weights stay NCHW either way."""
     neck = fpn_zoo.create_neck(name, [dict(num_chs=8, reduction=8), dict(num_chs=16, reduction=16),
                                       dict(num_chs=32, reduction=32)], out_channels=8)
-    assert neck.eval_channels_last is eval_channels_last
+    assert neck.channels_last is channels_last
+    assert all(p.is_contiguous() for p in neck.parameters())
     xs = [torch.randn(1, 8, 32, 32), torch.randn(1, 16, 16, 16), torch.randn(1, 32, 8, 8)]
     neck.train()
     trained = neck(xs)
-    assert all(o.is_contiguous() for o in trained)
     neck.eval()
     with torch.no_grad():
         evaluated = neck(xs)
-    assert all(o.is_contiguous(memory_format=torch.channels_last) == eval_channels_last for o in evaluated)
+    for outs in (trained, evaluated):
+        assert all(o.is_contiguous(memory_format=torch.channels_last) == channels_last for o in outs)
     if name == "fpn":  # no batch statistics: train and eval compute the same function
         for a, b in zip(trained, evaluated):
             torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-5)
+    neck.channels_last = not channels_last
+    with torch.no_grad():
+        assert all(o.is_contiguous(memory_format=torch.channels_last) != channels_last for o in neck(xs))
