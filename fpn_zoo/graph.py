@@ -29,8 +29,8 @@ from torch import nn
 
 from ._features import FeatureSpec, check_module_inputs, make_feature_info
 from .layers.fuse import fuse_batchnorm
-from .layers.fusion import FUSIONS, make_fusion
-from .layers.resample import ExtraLevels, Resample, max_pool_down
+from .layers.fusion import FUSIONS, SumFusion, make_fusion
+from .layers.resample import ExtraLevels, Resample, max_pool_down, skip_identity
 
 __all__ = ["Node", "Topology", "Blocks", "GraphNeck", "DOWNSAMPLES"]
 
@@ -168,7 +168,8 @@ class FusionNode(nn.Module):
 
     def forward(self, feats: List[torch.Tensor], size: torch.Size) -> torch.Tensor:
         xs = [edge(feats[i], size) for i, edge in zip(self.inputs, self.edges)]
-        return self.smooth(self.fuse(xs))
+        fused = xs[0] if len(xs) == 1 and isinstance(self.fuse, SumFusion) else self.fuse(xs)
+        return skip_identity(self.smooth, fused)
 
 
 class GraphNeck(nn.Module):

@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Resample", "ExtraLevels", "max_pool_down", "resize_to"]
+__all__ = ["Resample", "ExtraLevels", "max_pool_down", "resize_to", "skip_identity"]
+
+
+def skip_identity(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, without the cost of a module call when ``module`` is an ``nn.Identity``.
+
+    A neck's graph holds many identity slots (no projection, no downsampling, no smoothing); at small
+    image sizes the per-call overhead of those modules was a measurable share of the forward pass.
+    """
+    return x if isinstance(module, nn.Identity) else module(x)
 
 
 def resize_to(x: torch.Tensor, size: torch.Size, mode: str) -> torch.Tensor:
@@ -23,12 +32,16 @@ def resize_to(x: torch.Tensor, size: torch.Size, mode: str) -> torch.Tensor:
     bake the export-time size relations between levels into the program as guards (a backbone that rounds
     differently would be rejected); resizing a map to its own size is exact.
     """
-    exporting = getattr(getattr(torch, "compiler", None), "is_exporting", lambda: False)()
-    if not exporting and x.shape[-2:] == size:
+    if not _exporting() and x.shape[-2:] == size:  # in this order: see above
         return x
     if mode in ("bilinear", "bicubic"):
         return F.interpolate(x, size=size, mode=mode, align_corners=False)
     return F.interpolate(x, size=size, mode=mode)
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
 
 
 def max_pool_down(stride: int) -> nn.Module:
@@ -53,7 +66,7 @@ class Resample(nn.Module):
         self.upsample_mode = upsample_mode
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        return resize_to(self.down(self.proj(x)), size, self.upsample_mode)
+        return resize_to(skip_identity(self.down, skip_identity(self.proj, x)), size, self.upsample_mode)
 
 
 class ExtraLevels(nn.Module):

@@ -279,14 +279,14 @@ class WinogradConv2d(nn.Conv2d):
     def winograd_applies(self, x: torch.Tensor) -> bool:
         return (
             self.use_winograd
-            and not _observed()
-            and self.kernel_size == (3, 3)
+            and self.kernel_size == (3, 3)  # the cheap, static checks first: most convs stop here
             and self.stride == (1, 1)
             and self.padding == (1, 1)
             and self.dilation == (1, 1)
             and self.groups == 1
             and self.padding_mode == "zeros"
             and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
+            and not _observed()  # before looking at x: compilers trace from here on
             and x.dim() == 4
             and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
             and x.dtype == torch.float32
