@@ -137,6 +137,30 @@ def test_inference_cache_follows_weight_changes():
     assert conv.weight.grad is not None
 
 
+def test_inference_cache_never_serves_a_replaced_weight():
+    conv, x = _big_conv().eval(), _big_input()
+    for scale in (1.0, -1.0, 0.5, 2.0):  # replaced parameters: a freed weight's address may be reused
+        conv.weight = torch.nn.Parameter(torch.ones_like(conv.weight) * scale * 1e-3)
+        with torch.no_grad():
+            expected = F.conv2d(x, conv.weight, conv.bias, padding=1)
+            torch.testing.assert_close(conv(x), expected, rtol=0, atol=2e-5 * expected.abs().max().item())
+    with torch.no_grad():
+        conv.weight.data = -conv.weight.data  # new storage, same parameter object
+        expected = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        torch.testing.assert_close(conv(x), expected, rtol=0, atol=2e-5 * expected.abs().max().item())
+
+
+def test_module_with_a_filled_cache_pickles_and_copies(tmp_path):
+    conv, x = _big_conv().eval(), _big_input()
+    with torch.no_grad():
+        expected = conv(x)  # fills the cache
+    torch.save(conv, tmp_path / "conv.pt")
+    for other in (torch.load(tmp_path / "conv.pt", weights_only=False), copy.deepcopy(conv)):
+        assert other._cached_weight is None
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), expected)
+
+
 def test_state_dict_is_a_plain_conv2d_state_dict():
     conv = _big_conv()
     plain = torch.nn.Conv2d(MIN_CHANNELS, MIN_CHANNELS, 3, padding=1)

@@ -20,6 +20,7 @@ conventional direct-conv counts.
 """
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 from typing import Optional, Tuple
 
@@ -303,12 +304,25 @@ class WinogradConv2d(nn.Conv2d):
             return winograd_conv3x3(x, self.weight, self.bias)
         return winograd_conv3x3(x, self.weight, self.bias, transformed_weight=self._inference_weight())
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_cached_weight", None)  # a cache (and a weak reference: not picklable); copies rebuild it
+        return state
+
     def _inference_weight(self) -> torch.Tensor:
-        """The Winograd-domain weight, kept between calls until the weight changes (version, storage)."""
+        """The Winograd-domain weight, kept between calls until the weight changes.
+
+        "Changes" means another tensor object (a reassigned parameter, ``fuse_batchnorm``), other storage
+        (``.data =``, ``.to()``) or an in-place update (optimizer step, ``load_state_dict``: the version).
+        The tensor is held by weak reference, so a freed weight's address cannot alias a new one.
+        """
         weight = self.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        if self._cached_weight is None or self._cached_weight[0] != key:
-            with torch.no_grad():
-                transformed = _filter_transform(weight, _transforms(weight.dtype, weight.device)[1])
-            self._cached_weight = (key, transformed)
-        return self._cached_weight[1]
+        cached = self._cached_weight
+        if cached is not None:
+            (ref, data_ptr, version), transformed = cached
+            if ref() is weight and data_ptr == weight.data_ptr() and version == weight._version:
+                return transformed
+        with torch.no_grad():
+            transformed = _filter_transform(weight, _transforms(weight.dtype, weight.device)[1])
+        self._cached_weight = ((weakref.ref(weight), weight.data_ptr(), weight._version), transformed)
+        return transformed
