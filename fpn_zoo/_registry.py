@@ -253,9 +253,27 @@ def registry_path() -> Path:
     raise FileNotFoundError(f"registry.yaml is neither in {here} nor in {here.parent}: the install is broken")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key twice in one mapping (plain YAML keeps the last silently,
+    so a variant pasted twice under one name would quietly lose its first definition)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found {key!r} twice (lines {seen[key].line + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Union[str, os.PathLike]) -> Any:
     with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=_StrictLoader)
 
 
 def _plugin_document(obj: Any) -> Any:

@@ -131,3 +131,17 @@ def test_register_neck_adds_a_family_usable_by_create_neck():
     finally:
         _registry._state.variants.pop("tiny_test_variant", None)
         _registry._state.families.pop("tiny_test_family", None)
+
+
+def test_a_key_twice_in_a_registry_yaml_is_an_error_naming_it(tmp_path):
+    import yaml
+
+    from fpn_zoo._registry import _read_yaml
+
+    path = tmp_path / "variants.yaml"
+    path.write_text("necks:\n  my_fpn:\n    family: fpn\n  other:\n    family: pan\n  my_fpn:\n    family: pan\n")
+    with pytest.raises(yaml.YAMLError, match=r"'my_fpn' twice \(lines 2 and 6\)"):
+        _read_yaml(path)
+    path.write_text("necks:\n  my_fpn:\n    family: fpn\n    args: {out_channels: 8, out_channels: 16}\n")
+    with pytest.raises(yaml.YAMLError, match="'out_channels' twice"):
+        _read_yaml(path)
