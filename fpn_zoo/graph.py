@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -233,6 +234,13 @@ class GraphNeck(nn.Module):
             raise ValueError(
                 f"topology {topology.name!r} is written for {topology.num_levels} levels, but the backbone "
                 f"gives {spec.num_levels}" + (f" (+{extra_levels} extra)" if extra_in_graph else "")
+            )
+        if spec.num_levels > 1 and len(set(spec.reductions)) == 1:
+            warnings.warn(
+                f"{topology.name}: every input level has stride {spec.reductions[0]} (a plain ViT?), so this "
+                f"neck builds no pyramid: all its outputs stay at stride {spec.reductions[0]}. "
+                "'simple_pyramid_fpn' or 'simple_pyramid_bifpn' build strides 8-32 from one such map.",
+                UserWarning, stacklevel=3,
             )
         self.spec = spec
         self.topology = topology

@@ -1,6 +1,8 @@
 """Bad input gets a clear ValueError/TypeError naming the problem; valid edge cases work."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -229,3 +231,13 @@ def test_conv_extra_levels_return_p6_before_the_activation():
 def test_a_single_stride_backbone_is_declined_with_a_variant_that_fits():
     with pytest.raises(fpn_zoo.BackboneMismatch, match="simple_pyramid"):
         fpn_zoo.create_neck("csp_pan_s", backbone("vit"))
+
+
+def test_same_stride_levels_build_no_pyramid_and_the_user_is_told():
+    info = [dict(num_chs=16, reduction=16)] * 3
+    with pytest.warns(UserWarning, match=r"every input level has stride 16.*simple_pyramid_fpn"):
+        neck = fpn_zoo.create_neck("fpn", info, out_channels=8)
+    assert neck.feature_info.reduction() == [16, 16, 16]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fpn_zoo.create_neck("fpn", [dict(num_chs=16, reduction=8), dict(num_chs=16, reduction=16)], out_channels=8)
