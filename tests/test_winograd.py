@@ -10,8 +10,14 @@ import fpn_zoo
 from fpn_zoo.layers import winograd
 from fpn_zoo.layers.winograd import MIN_CHANNELS, MIN_PIXELS, WinogradConv2d, winograd_conv3x3
 
-# Sizes: odd, smaller than one tile, one row of tiles, and more tile rows than one chunk holds.
-SHAPES = [(2, 5, 9, 11), (1, 3, 1, 2), (1, 4, 3, 4), (2, 6, 4 * winograd._TILE_ROWS_PER_CHUNK + 7, 13)]
+# Sizes: odd, smaller than one tile, one row of tiles, and (with the small chunks below) images split into
+# chunks of tile rows, and batches split into chunks of whole images.
+SHAPES = [(2, 5, 9, 11), (1, 3, 1, 2), (1, 4, 3, 4), (2, 6, 37, 13), (5, 3, 8, 8)]
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(winograd, "_TILES_PER_CHUNK", 8)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -207,3 +213,12 @@ def test_export_writes_a_plain_convolution():
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert any("conv" in t for t in targets), targets
     assert not any("bmm" in t or "mm.default" in t for t in targets), targets
+
+
+@pytest.mark.parametrize("batch, tiles_h, tiles_w", [(1, 1, 1), (3, 10, 4), (5, 2, 2), (2, 1, 30), (4, 3, 3)])
+def test_chunks_cover_every_tile_once_within_the_budget(batch, tiles_h, tiles_w):
+    chunks, most = winograd._chunks(batch, tiles_h, tiles_w)
+    seen = [(n, row) for c in chunks for n in range(c.first_image, c.last_image) for row in range(c.top, c.bottom)]
+    assert sorted(seen) == [(n, row) for n in range(batch) for row in range(tiles_h)]
+    assert all(c.images * c.rows * tiles_w <= most for c in chunks)
+    assert most <= max(winograd._TILES_PER_CHUNK, tiles_w)  # one tile row is the least a chunk holds

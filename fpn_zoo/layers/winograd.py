@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import weakref
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +64,10 @@ _OUTPUT_T = [
 MIN_CHANNELS = 192
 MIN_PIXELS = 32 * 32
 
-# Tiles are processed a few tile rows at a time, so the transformed tiles of one chunk stay in cache
-# between the transforms and the matrix products.
-_TILE_ROWS_PER_CHUNK = 8
+# Tiles are processed in chunks of about this many (whole tile rows of one image, or whole images), so
+# the transformed tiles of a chunk stay in cache between the transforms and the matrix products, and the
+# scratch memory does not grow with the batch (160 tiles = 8 tile rows of an 80x80 map: 6 MB at 256 ch).
+_TILES_PER_CHUNK = 160
 
 
 @lru_cache(maxsize=None)
@@ -150,10 +151,32 @@ class _WinogradConv3x3(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
-def _chunks(tiles_h: int):
-    """Tile-row ranges ``(top, bottom)`` covering ``tiles_h`` rows of tiles."""
-    rows = min(_TILE_ROWS_PER_CHUNK, tiles_h)
-    return [(top, min(tiles_h, top + rows)) for top in range(0, tiles_h, rows)], rows
+class _Chunk(NamedTuple):
+    """Images ``first_image:last_image``, tile rows ``top:bottom`` of each."""
+
+    first_image: int
+    last_image: int
+    top: int
+    bottom: int
+
+    @property
+    def images(self) -> int:
+        return self.last_image - self.first_image
+
+    @property
+    def rows(self) -> int:
+        return self.bottom - self.top
+
+
+def _chunks(batch: int, tiles_h: int, tiles_w: int) -> Tuple[List[_Chunk], int]:
+    """The chunks covering every tile, and the most tiles any of them holds."""
+    rows = max(1, min(tiles_h, _TILES_PER_CHUNK // tiles_w))
+    if rows < tiles_h:  # parts of one image at a time
+        chunks = [_Chunk(n, n + 1, top, min(tiles_h, top + rows)) for n in range(batch) for top in range(0, tiles_h, rows)]
+        return chunks, rows * tiles_w
+    images = max(1, min(batch, _TILES_PER_CHUNK // (tiles_h * tiles_w)))  # whole images at a time
+    chunks = [_Chunk(n, min(batch, n + images), 0, tiles_h) for n in range(0, batch, images)]
+    return chunks, images * tiles_h * tiles_w
 
 
 def _conv(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -165,29 +188,29 @@ def _conv(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> tor
     tiles_h, tiles_w = tiles.shape[2:4]
     out = torch.empty((batch, c_out, height, width), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     out_nhwc = out.permute(0, 2, 3, 1)
-    chunks, rows = _chunks(tiles_h)
+    chunks, most_tiles = _chunks(batch, tiles_h, tiles_w)
     area = WINDOW * WINDOW
     # One set of buffers, reused by every chunk (fresh multi-MB allocations cost page faults each time).
-    most_tiles = batch * rows * tiles_w
     d_buf = x.new_empty(area * most_tiles * c_in)
     v_buf = torch.empty_like(d_buf)
     m_buf = x.new_empty(area * most_tiles * c_out)
     y_buf = x.new_empty(TILE * TILE * most_tiles * c_out)
-    for top, bottom in chunks:
-        n_tiles = batch * (bottom - top) * tiles_w
-        d = d_buf[: area * n_tiles * c_in].view(WINDOW, WINDOW, batch, bottom - top, tiles_w, c_in)
-        d.copy_(tiles[:, :, top:bottom].permute(4, 5, 0, 2, 3, 1))
+    for chunk in chunks:
+        images, rows = chunk.images, chunk.rows
+        n_tiles = images * rows * tiles_w
+        d = d_buf[: area * n_tiles * c_in].view(WINDOW, WINDOW, images, rows, tiles_w, c_in)
+        d.copy_(tiles[chunk.first_image:chunk.last_image, :, chunk.top:chunk.bottom].permute(4, 5, 0, 2, 3, 1))
         v = v_buf[: area * n_tiles * c_in].view(area, n_tiles * c_in)
         torch.mm(input_t, d.view(area, n_tiles * c_in), out=v)
         m = m_buf[: area * n_tiles * c_out].view(area, n_tiles, c_out)
         torch.bmm(v.view(area, n_tiles, c_in), u, out=m)
         y = y_buf[: TILE * TILE * n_tiles * c_out].view(TILE * TILE, n_tiles * c_out)
         torch.mm(output_t, m.view(area, n_tiles * c_out), out=y)
-        y = y.view(TILE, TILE, batch, bottom - top, tiles_w, c_out).permute(2, 3, 0, 4, 1, 5)
-        y = y.reshape(batch, (bottom - top) * TILE, tiles_w * TILE, c_out)
-        first_row, last_row = top * TILE, min(height, bottom * TILE)
+        y = y.view(TILE, TILE, images, rows, tiles_w, c_out).permute(2, 3, 0, 4, 1, 5)
+        y = y.reshape(images, rows * TILE, tiles_w * TILE, c_out)
+        first_row, last_row = chunk.top * TILE, min(height, chunk.bottom * TILE)
         source = y[:, : last_row - first_row, :width]
-        target = out_nhwc[:, first_row:last_row]
+        target = out_nhwc[chunk.first_image:chunk.last_image, first_row:last_row]
         if bias is None:
             target.copy_(source)
         else:
@@ -205,26 +228,27 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     # Output-gradient tiles do not overlap: pad to whole tiles (zeros past the edge) and view.
     grad_tiles = F.pad(grad_out, (0, tiles_w * TILE - width, 0, tiles_h * TILE - height))
     grad_tiles = grad_tiles.view(batch, c_out, tiles_h, TILE, tiles_w, TILE)
-    chunks, rows = _chunks(tiles_h)
+    chunks, most_tiles = _chunks(batch, tiles_h, tiles_w)
     area = WINDOW * WINDOW
-    most_tiles = batch * rows * tiles_w
     d_buf = x.new_empty(area * c_in * most_tiles)
     vt_buf = torch.empty_like(d_buf)
     gy_buf = x.new_empty(TILE * TILE * most_tiles * c_out)
     gm_buf = x.new_empty(area * most_tiles * c_out)
     grad_u = x.new_empty(area, c_in, c_out)
-    for top, bottom in chunks:
-        n_tiles = batch * (bottom - top) * tiles_w
+    for i, chunk in enumerate(chunks):
+        images, rows = chunk.images, chunk.rows
+        n_tiles = images * rows * tiles_w
+        part = (slice(chunk.first_image, chunk.last_image), slice(None), slice(chunk.top, chunk.bottom))
         # Input tiles transposed per position, (36, C_in, tiles): V^T comes out row-major.
-        d = d_buf[: area * c_in * n_tiles].view(WINDOW, WINDOW, c_in, batch, bottom - top, tiles_w)
-        d.copy_(tiles[:, :, top:bottom].permute(4, 5, 1, 0, 2, 3))
+        d = d_buf[: area * c_in * n_tiles].view(WINDOW, WINDOW, c_in, images, rows, tiles_w)
+        d.copy_(tiles[part].permute(4, 5, 1, 0, 2, 3))
         vt = vt_buf[: area * c_in * n_tiles].view(area, c_in * n_tiles)
         torch.mm(input_t, d.view(area, c_in * n_tiles), out=vt)
-        gy = gy_buf[: TILE * TILE * n_tiles * c_out].view(TILE, TILE, batch, bottom - top, tiles_w, c_out)
-        gy.copy_(grad_tiles[:, :, top:bottom].permute(3, 5, 0, 2, 4, 1))
+        gy = gy_buf[: TILE * TILE * n_tiles * c_out].view(TILE, TILE, images, rows, tiles_w, c_out)
+        gy.copy_(grad_tiles[part].permute(3, 5, 0, 2, 4, 1))
         gm = gm_buf[: area * n_tiles * c_out].view(area, n_tiles * c_out)
         torch.mm(output_t.t(), gy.view(TILE * TILE, n_tiles * c_out), out=gm)
-        if top == 0:
+        if i == 0:
             torch.bmm(vt.view(area, c_in, n_tiles), gm.view(area, n_tiles, c_out), out=grad_u)
         else:
             grad_u.baddbmm_(vt.view(area, c_in, n_tiles), gm.view(area, n_tiles, c_out))
