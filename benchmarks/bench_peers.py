@@ -15,7 +15,6 @@ import datetime
 import platform
 import statistics
 import sys
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torchvision
 
 import fpn_zoo
+from fpn_zoo.measure import count_flops, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -113,15 +113,9 @@ def _train_step(module, fn, xs):
     module.zero_grad(set_to_none=True)
 
 
-def interleaved_medians(steps: Dict[str, Callable[[], None]], reps: int, warmup: int = 2) -> Dict[str, float]:
-    times: Dict[str, List[float]] = {k: [] for k in steps}
-    for r in range(warmup + reps):
-        for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if r >= warmup:
-                times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+def interleaved_medians(steps: Dict[str, Callable[[], None]], reps: int) -> Dict[str, float]:
+    """Median seconds per step, repetitions interleaved; the steps choose their own grad mode."""
+    return time_interleaved(steps, reps=reps, warmup=2, inference=False)
 
 
 def check_same_math(case: Case) -> float:
@@ -169,18 +163,12 @@ def _resnet50_necks(names: Sequence[str]):
 
 def conv_efficiency(names: Sequence[str], reps: int) -> List[Tuple[str, float, float, float]]:
     """Achieved GFLOP/s of each variant vs one 3x3 conv (out_channels -> out_channels) at the finest level."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     rows = []
     for name, neck, xs in _resnet50_necks(names):
         width = neck.feature_info.channels()[0]
         conv = torch.nn.Conv2d(width, width, 3, padding=1).eval().to(memory_format=torch.channels_last)
         x = torch.randn(1, width, *xs[0].shape[-2:]).contiguous(memory_format=torch.channels_last)
-        flops = {}
-        for key, fn in (("neck", lambda: neck(xs)), ("conv", lambda: conv(x))):
-            with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-                fn()
-            flops[key] = counter.get_total_flops()
+        flops = {"neck": count_flops(neck, xs), "conv": count_flops(conv, x)}
         t = interleaved_medians({"neck": lambda: _eval_step(neck, xs), "conv": lambda: _eval_step(conv, x)}, reps)
         neck_rate, conv_rate = flops["neck"] / t["neck"] / 1e9, flops["conv"] / t["conv"] / 1e9
         rows.append((name, neck_rate, conv_rate, neck_rate / conv_rate))

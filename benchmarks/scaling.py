@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import fpn_zoo
+from fpn_zoo.measure import count_flops, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS, STRIDES = [512, 1024, 2048], [8, 16, 32]
@@ -34,21 +32,12 @@ def _inputs(image: int) -> List[torch.Tensor]:
 
 
 def _gflops(neck: torch.nn.Module, xs: List[torch.Tensor]) -> float:
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        neck(xs)
-    return counter.get_total_flops() / 1e9
+    return count_flops(neck, xs) / 1e9
 
 
 def _latency_ms(necks: Dict[str, torch.nn.Module], xs: List[torch.Tensor], reps: int) -> Dict[str, float]:
-    times: Dict[str, List[float]] = {k: [] for k in necks}
-    with torch.inference_mode():
-        for r in range(reps + 1):
-            for key, neck in necks.items():
-                start = time.perf_counter()
-                neck(xs)
-                if r:
-                    times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    seconds = time_interleaved({k: (lambda neck=neck: neck(xs)) for k, neck in necks.items()}, reps=reps)
+    return {k: t * 1e3 for k, t in seconds.items()}
 
 
 def build(name: str, **overrides) -> Optional[torch.nn.Module]:

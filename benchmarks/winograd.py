@@ -10,24 +10,12 @@ Winograd is faster. ``fpn_zoo.layers.winograd.MIN_CHANNELS`` / ``MIN_PIXELS`` ar
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from fpn_zoo.layers.winograd import MIN_CHANNELS, MIN_PIXELS, winograd_conv3x3
-
-
-def _median_times(steps, reps: int, warmup: int = 2):
-    times = {k: [] for k in steps}
-    for r in range(warmup + reps):
-        for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if r >= warmup:
-                times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+from fpn_zoo.measure import time_interleaved
 
 
 def compare(channels: int, side: int, reps: int):
@@ -43,16 +31,13 @@ def compare(channels: int, side: int, reps: int):
     def winograd():
         return winograd_conv3x3(x, weight, bias)
 
-    def inference(fn):
-        with torch.inference_mode():
-            fn()
-
     def train(fn):
         fn().backward(grad)
         x.grad = weight.grad = bias.grad = None
 
-    t_eval = _median_times({"direct": lambda: inference(direct), "winograd": lambda: inference(winograd)}, reps)
-    t_train = _median_times({"direct": lambda: train(direct), "winograd": lambda: train(winograd)}, reps)
+    t_eval = time_interleaved({"direct": direct, "winograd": winograd}, reps=reps, warmup=2)
+    t_train = time_interleaved({"direct": lambda: train(direct), "winograd": lambda: train(winograd)},
+                               reps=reps, warmup=2, inference=False)
     return t_eval, t_train
 
 

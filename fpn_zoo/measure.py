@@ -160,6 +160,7 @@ def time_interleaved(
     reps: int = 5,
     warmup: int = 1,
     on_step: Optional[Callable[[str], None]] = None,
+    inference: bool = True,
 ) -> Dict[str, float]:
     """Median wall time (seconds) of each function, timed in interleaved rounds.
 
@@ -171,11 +172,12 @@ def time_interleaved(
         reps: timed rounds (at least 1).
         warmup: untimed calls of each function first.
         on_step: called with the name after every timed call (for a progress bar).
+        inference: run under ``torch.inference_mode`` (False to time training steps).
     """
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     names = list(fns)
-    with torch.inference_mode():
+    with torch.inference_mode(inference):
         for _ in range(warmup):
             for name in names:
                 fns[name]()
