@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._features import is_compiling
+
 __all__ = ["WinogradConv2d", "winograd_conv3x3"]
 
 TILE = 4  # output tile side (m)
@@ -256,28 +258,24 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     return grad_taps.view(3, 3, c_in, c_out).permute(3, 2, 0, 1).contiguous()
 
 
+try:  # private helpers, resolved once: the checks below run on every conv call
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+except ImportError:  # pragma: no cover - moved in some torch release
+    def _get_current_dispatch_mode():
+        return None
+
+_is_functorch_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda x: False)
+
+
 def _observed() -> bool:
     """Is something watching the ops: a compiler, exporter, tracer, or a dispatch mode (FLOP counter, fake tensors)?
 
     Those see the plain conv: compilers choose their own kernels, exported programs stay portable, and FLOP
     counts stay the conventional direct-conv counts.
     """
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
+    if is_compiling():
         return True  # first, and alone: the compilers trace this function
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    try:
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
-    except ImportError:  # pragma: no cover - private helper moved
-        return False
-    return _get_current_dispatch_mode() is not None
-
-
-def _functorch_wrapped(x: torch.Tensor) -> bool:
-    """Inside ``torch.func`` transforms (vmap, grad, jacrev ...), which a custom autograd function would block."""
-    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return bool(check is not None and check(x))
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or _get_current_dispatch_mode() is not None
 
 
 def _autocasting() -> bool:
@@ -301,23 +299,30 @@ class WinogradConv2d(nn.Conv2d):
     use_winograd: bool = True
     _cached_weight: Optional[Tuple[tuple, torch.Tensor]] = None
 
-    def winograd_applies(self, x: torch.Tensor) -> bool:
-        return (
-            self.use_winograd
-            and self.kernel_size == (3, 3)  # the cheap, static checks first: most convs stop here
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The conv's geometry is fixed at construction: decide once whether it can ever take the path.
+        self.winograd_geometry = (
+            self.kernel_size == (3, 3)
             and self.stride == (1, 1)
             and self.padding == (1, 1)
             and self.dilation == (1, 1)
             and self.groups == 1
             and self.padding_mode == "zeros"
             and min(self.in_channels, self.out_channels) >= MIN_CHANNELS
+        )
+
+    def winograd_applies(self, x: torch.Tensor) -> bool:
+        return (
+            self.use_winograd
+            and self.winograd_geometry  # most convs stop here
             and not _observed()  # before looking at x: compilers trace from here on
             and x.dim() == 4
             and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
             and x.dtype == torch.float32
             and x.device.type == "cpu"
             and self.weight.dtype == torch.float32
-            and not _functorch_wrapped(x)
+            and not _is_functorch_wrapped(x)
             and not _autocasting()
         )
 
