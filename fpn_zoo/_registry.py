@@ -253,6 +253,10 @@ def registry_path() -> Path:
     raise FileNotFoundError(f"registry.yaml is neither in {here} nor in {here.parent}: the install is broken")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError, ValueError):
+    """A key given twice in one YAML mapping (a ``ValueError`` as well as a ``yaml.YAMLError``)."""
+
+
 class _StrictLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key twice in one mapping (plain YAML keeps the last silently,
     so a variant pasted twice under one name would quietly lose its first definition)."""
@@ -262,7 +266,7 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
+                raise DuplicateKeyError(
                     "while reading a mapping", node.start_mark,
                     f"found {key!r} twice (lines {seen[key].line + 1} and {key_node.start_mark.line + 1})",
                     key_node.start_mark,

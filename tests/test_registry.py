@@ -145,3 +145,5 @@ def test_a_key_twice_in_a_registry_yaml_is_an_error_naming_it(tmp_path):
     path.write_text("necks:\n  my_fpn:\n    family: fpn\n    args: {out_channels: 8, out_channels: 16}\n")
     with pytest.raises(yaml.YAMLError, match="'out_channels' twice"):
         _read_yaml(path)
+    with pytest.raises(ValueError, match="'out_channels' twice"):  # bad input: a ValueError too
+        _read_yaml(path)
