@@ -189,19 +189,7 @@ def fuse_gain(names: Sequence[str], reps: int) -> List[Tuple[str, float, float]]
     return rows
 
 
-def winograd_vs_direct(reps: int) -> List[Tuple[int, int, float, float]]:
-    """``(channels, side, eval ratio, train ratio)`` of Winograd over the direct conv, around the thresholds."""
-    from winograd import compare  # benchmarks/winograd.py
-
-    rows = []
-    for channels in (128, 256):
-        for side in (40, 80):
-            e, t = compare(channels, side, reps)
-            rows.append((channels, side, e["winograd"] / e["direct"], t["winograd"] / t["direct"]))
-    return rows
-
-
-def render(results, notes, efficiency, fused, winograd_rows, args) -> str:
+def render(results, notes, efficiency, fused, args) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -234,28 +222,13 @@ def render(results, notes, efficiency, fused, winograd_rows, args) -> str:
     lines += [f"- {note}" for note in notes]
     lines += [
         "",
-        "How to read it: at identical math most of `fpn`'s and `pan`'s time is convolutions, and oneDNN's direct",
-        "convs already run near this CPU's matrix-multiply peak. Our large 3x3 convs (>= 192 channels, maps >= 32x32)",
-        "run by Winograd F(4x4, 3x3) (`fpn_zoo.layers.winograd`, Lavin & Gray 2016): the same function with a quarter",
-        "of the multiplies, in the forward pass and both gradients; outputs differ from the peer's by float32",
-        "rounding only (the max abs diff column). Dense necks keep the backbone's layout in eval (converting to",
-        "channels-last cost more than it saved); necks with depthwise convs (BiFPN) go channels-last in eval,",
-        "where oneDNN's depthwise convs are 1.4-1.5x faster. Ratios move by several points between runs on a",
-        "shared machine (the bracketed ranges); the Winograd path is bound by memory traffic more than the",
-        "direct conv, so it loses more of its lead when neighbours contend for memory bandwidth: `pan`'s",
-        "training step ranged from 0.83 to 1.15 over this project's runs.",
+        "How to read it: at identical math most of `fpn`'s and `pan`'s time is the same oneDNN convolutions on",
+        "both sides; outputs differ from the peer's by float32 rounding only (the max abs diff column).",
     ]
-    if winograd_rows:
-        lines += ["", "## Winograd vs the direct conv (one 3x3 conv, batch 1)", "",
-                  "From `benchmarks/winograd.py` (which sweeps more sizes); ratios below 1 mean Winograd is faster.", "",
-                  "| channels | map | eval ratio | train step ratio |", "|---|---|---|---|"]
-        lines += [f"| {c} | {side}x{side} | {e:.2f} | {t:.2f} |" for c, side, e, t in winograd_rows]
     if efficiency:
         lines += ["", "## Achieved GFLOP/s vs one 3x3 conv", "",
                   "ResNet-50 C3-C5 maps at 640 px; the conv is a plain `nn.Conv2d`, `out_channels -> out_channels`",
-                  "at the finest level. FLOPs are the conventional direct-conv counts for both (`FlopCounterMode`);",
-                  "where a neck runs Winograd it does fewer multiplies than it is credited with, so ratios above 1",
-                  "are possible.", "",
+                  "at the finest level. FLOPs are the conventional direct-conv counts for both (`FlopCounterMode`).", "",
                   "| variant | neck GFLOP/s | 3x3 conv GFLOP/s | ratio (target >= 0.9) |", "|---|---|---|---|"]
         lines += [f"| `{n}` | {a:.1f} | {b:.1f} | {r:.2f} |" for n, a, b, r in efficiency]
     if fused:
@@ -291,8 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"GFLOP/s for {len(names)} variants ...", file=sys.stderr)
     efficiency = conv_efficiency(names, args.reps)
     fused = fuse_gain(names, args.reps)
-    winograd_rows = winograd_vs_direct(max(3, args.reps // 2)) if args.efficiency else []
-    text = render(results, notes, efficiency, fused, winograd_rows, args)
+    text = render(results, notes, efficiency, fused, args)
     if args.out == "-":
         print(text)
     else:

@@ -195,13 +195,11 @@ class GraphNeck(nn.Module):
     the new version in ``_STATE_DICT_RENAMES`` and older checkpoints are upgraded as they load.
     """
 
-    # Layout of the maps inside the neck. oneDNN's depthwise convs ran 1.4-1.5x faster channels-last in eval
-    # (BiFPN, QuFPN at 640 px) and BiFPN's training step took 0.8x the time, so necks with depthwise convs
-    # make their maps channels-last on entry (weights stay NCHW: FSDP2 shards them as they are). Dense
-    # necks keep the layout they are given: converting the backbone's maps cost more than NHWC saved (eval:
-    # fpn 0.83x, pan 0.93x the time without it; training: pan 1.15x slower with it), and their large 3x3
-    # convs run by Winograd, which reads any layout. None = decide at construction; set True / False to
-    # override on an instance.
+    # Layout of the maps inside the neck: necks with depthwise convs make their maps channels-last on entry
+    # (oneDNN's NCHW depthwise kernels are its slow path; docs/benchmarks.md has the measurements), dense necks
+    # keep the layout they are given. Weights stay NCHW (FSDP2 shards them as they are). The layout changes
+    # no math. None = decide at construction; set True / False to override on an instance, or let
+    # fpn_zoo.accelerate measure it on the running machine.
     channels_last: Optional[bool] = None
 
     _version = 1

@@ -2,11 +2,9 @@
 from .conv import ConvNormAct, LayerSpec, SeparableConvNormAct, conv_block, resolve_act, resolve_norm
 from .fusion import FUSIONS, ConcatFusion, SumFusion, WeightedFusion, make_fusion
 from .resample import ExtraLevels, Resample, max_pool_down, resize_to
-from .winograd import WinogradConv2d, winograd_conv3x3
 
 __all__ = [
     "ConvNormAct", "LayerSpec", "SeparableConvNormAct", "conv_block", "resolve_act", "resolve_norm",
     "FUSIONS", "ConcatFusion", "SumFusion", "WeightedFusion", "make_fusion",
     "ExtraLevels", "Resample", "max_pool_down", "resize_to",
-    "WinogradConv2d", "winograd_conv3x3",
 ]

@@ -13,8 +13,6 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
-from .winograd import WinogradConv2d
-
 __all__ = ["LayerSpec", "ConvNormAct", "SeparableConvNormAct", "conv_block", "resolve_norm", "resolve_act"]
 
 LayerSpec = Union[str, type, Callable[..., nn.Module], None]
@@ -95,7 +93,7 @@ class ConvNormAct(nn.Sequential):
     """``conv -> norm -> act``, padding from the kernel, bias only when there is no norm.
 
     Children are named ``conv``, ``norm``, ``act`` (the state-dict names are part of the API). The conv is a
-    :class:`~fpn_zoo.layers.winograd.WinogradConv2d`: an ``nn.Conv2d`` that runs large 3x3 convs faster on the CPU.
+    plain ``nn.Conv2d``: oneDNN (or the compiler) chooses the algorithm, so the math is the peers'.
     """
 
     def __init__(
@@ -109,7 +107,7 @@ class ConvNormAct(nn.Sequential):
         act_layer: Optional[Callable[[], nn.Module]] = None,
     ) -> None:
         super().__init__()
-        self.conv = WinogradConv2d(
+        self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
             groups=groups, bias=norm_layer is None,
         )

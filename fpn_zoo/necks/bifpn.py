@@ -33,7 +33,6 @@ from .._features import FeatureSpec
 from .._registry import register_neck
 from ..graph import Blocks, GraphNeck, Node, Topology
 from ..layers.conv import ConvNormAct, LayerSpec, conv_block, resolve_act, resolve_norm
-from ..layers.winograd import WinogradConv2d
 from ._common import check_common, init_weights
 
 __all__ = [
@@ -82,7 +81,7 @@ class ActConvNorm(nn.Sequential):
             self.conv_dw = nn.Conv2d(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=False)
             self.conv_pw = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
         else:
-            self.conv = WinogradConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
         if norm_layer is not None:
             self.norm = norm_layer(out_channels)
 
