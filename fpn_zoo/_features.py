@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
+
+from ._compat import is_compiling
 from timm.models import FeatureInfo
 
 __all__ = ["FeatureSpec", "BackboneMismatch", "make_feature_info", "check_features", "check_module_inputs", "is_compiling"]
@@ -128,12 +130,6 @@ def make_feature_info(channels: Sequence[int], reductions: Sequence[float], pref
         for i, (c, r) in enumerate(zip(channels, reductions))
     ]
     return FeatureInfo(info, out_indices=tuple(range(len(info))))
-
-
-def is_compiling() -> bool:
-    """True while torch.compile / torch.export trace: input checks then stay out of the graph."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def check_module_inputs(module: torch.nn.Module, features: Any, spec: FeatureSpec) -> None:
