@@ -14,12 +14,13 @@ from ._registry import (
     register_topology, register_variant,
 )
 from .graph import GraphNeck, Node, Topology
+from .inference import InferenceNeck, accelerate
 from .layers.fuse import fuse_batchnorm
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackboneMismatch", "BackboneWithNeck", "FeatureSpec", "GraphNeck", "NeckCfg", "Node", "Topology", "create_model", "create_neck", "fuse_batchnorm",
+    "BackboneMismatch", "BackboneWithNeck", "FeatureSpec", "GraphNeck", "InferenceNeck", "accelerate", "NeckCfg", "Node", "Topology", "create_model", "create_neck", "fuse_batchnorm",
     "get_topology", "is_neck", "list_families", "list_necks", "list_topologies", "neck_cfg", "register_neck",
     "register_topology", "register_variant", "__version__",
 ]
