@@ -1,19 +1,31 @@
 """fpn_zoo against the necks of torchvision, mmdet and effdet, at identical math, on the CPU.
 
-    python benchmarks/bench_peers.py                 # all cases, writes docs/benchmarks.md
-    python benchmarks/bench_peers.py --cases fpn --reps 9 --rounds 1 --out -
+    python benchmarks/bench_peers.py                       # everything, writes docs/benchmarks.md
+    python benchmarks/bench_peers.py --cases fpn --rounds 1 --no-compile --out -
 
 For each case both modules get the same weights (converted with ``fpn_zoo.convert``); the script checks
 that parameter counts are equal and outputs agree before timing anything. Repetitions are interleaved
-(ours, peer, ours, peer, ...) so load on the machine hits both alike, and the table reports medians and
-their ratio. Peers that are not installed are skipped with a note.
+(ours, peer, ours, peer, ...) so load on the machine hits both alike; each round gives a ratio of medians,
+and the table reports the median ratio over rounds with its range. Peers that are not installed are
+skipped with a note. Sections:
+
+1. the default path (what ``create_neck`` builds) at 640 px and at 256 px batch 1 (the per-call overhead
+   regime), forward and training step;
+2. the opt-in inference path, ``fpn_zoo.accelerate`` (BatchNorm folded, layout measured, ``torch.compile``)
+   against the peer given the same treatment (folded, channels-last, compiled), and against our default;
+3. the training step's peak memory (RSS high-water mark of a fresh process, ours and the peer's);
+4. achieved GFLOP/s against one 3x3 conv, and what BatchNorm folding gains.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
+import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,6 +40,9 @@ from fpn_zoo.measure import count_flops, time_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+RESNET50 = ([512, 1024, 2048], [8, 16, 32])
+EFFNET_B0 = ([40, 112, 320], [8, 16, 32])
 
 
 @dataclass
@@ -44,62 +59,86 @@ class Case:
     target_train: float
 
 
-def _maps(channels: Sequence[int], image: int, strides: Sequence[int]) -> List[torch.Tensor]:
+def _maps(channels: Sequence[int], image: int, strides: Sequence[int], batch: int = 1) -> List[torch.Tensor]:
     torch.manual_seed(0)
-    return [torch.randn(1, c, -(-image // s), -(-image // s)) for c, s in zip(channels, strides)]
+    return [torch.randn(batch, c, -(-image // s), -(-image // s)) for c, s in zip(channels, strides)]
 
 
-def fpn_vs_torchvision() -> Case:
+def _info(channels: Sequence[int], strides: Sequence[int]) -> List[dict]:
+    return [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)]
+
+
+def _mmdet():
+    try:
+        from _peers import mmdet_necks
+
+        return mmdet_necks()
+    except BaseException as e:  # pytest.skip raises a BaseException subclass outside pytest
+        raise ImportError(f"mmdet not importable ({type(e).__name__})") from None
+
+
+def fpn_vs_torchvision(image: int) -> Case:
     from fpn_zoo.convert.torchvision import from_torchvision_fpn
 
-    channels, strides = [512, 1024, 2048], [8, 16, 32]
+    channels, strides = RESNET50
     peer = torchvision.ops.FeaturePyramidNetwork(channels, 256)
-    ours = fpn_zoo.create_neck("fpn", [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)])
+    ours = fpn_zoo.create_neck("fpn", _info(channels, strides))
     ours.load_state_dict(from_torchvision_fpn(peer.state_dict()))
 
     def run_peer(xs):
         return list(peer(OrderedDict((str(i), x) for i, x in enumerate(xs))).values())
 
-    return Case("fpn", "ResNet-50 C3-C5, 256 ch, 640 px, no norm/act; peer torchvision FeaturePyramidNetwork",
-                ours, peer, run_peer, _maps(channels, 640, strides), 0.85, 0.9)
+    return Case("fpn", f"ResNet-50 C3-C5, 256 ch, {image} px; torchvision FeaturePyramidNetwork",
+                ours, peer, run_peer, _maps(channels, image, strides), 1.0, 1.0)
 
 
-def pan_vs_mmdet() -> Optional[Case]:
-    try:
-        from _peers import mmdet_necks
-
-        _, pafpn = mmdet_necks()
-    except Exception as e:  # pytest.skip raises a BaseException subclass outside pytest
-        raise ImportError(f"mmdet not importable ({type(e).__name__})") from None
+def fpn_vs_mmdet(image: int) -> Case:
     from fpn_zoo.convert.mmdet import from_mmdet_neck
 
-    channels, strides = [512, 1024, 2048], [8, 16, 32]
-    peer = pafpn.PAFPN(channels, 256, num_outs=3)
-    ours = fpn_zoo.create_neck("pan", [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)])
+    mm_fpn, _ = _mmdet()
+    channels, strides = RESNET50
+    peer = mm_fpn.FPN(channels, 256, num_outs=3)
+    ours = fpn_zoo.create_neck("fpn", _info(channels, strides))
     ours.load_state_dict(from_mmdet_neck(peer.state_dict()))
-    return Case("pan", "ResNet-50 C3-C5, 256 ch, 640 px, no norm/act; peer mmdet PAFPN",
-                ours, peer, lambda xs: list(peer(xs)), _maps(channels, 640, strides), 0.85, 0.9)
+    return Case("fpn", f"ResNet-50 C3-C5, 256 ch, {image} px; mmdet FPN",
+                ours, peer, lambda xs: list(peer(xs)), _maps(channels, image, strides), 1.0, 1.0)
 
 
-def bifpn_vs_effdet() -> Optional[Case]:
+def pan_vs_mmdet(image: int) -> Case:
+    from fpn_zoo.convert.mmdet import from_mmdet_neck
+
+    _, pafpn = _mmdet()
+    channels, strides = RESNET50
+    peer = pafpn.PAFPN(channels, 256, num_outs=3)
+    ours = fpn_zoo.create_neck("pan", _info(channels, strides))
+    ours.load_state_dict(from_mmdet_neck(peer.state_dict()))
+    return Case("pan", f"ResNet-50 C3-C5, 256 ch, {image} px; mmdet PAFPN",
+                ours, peer, lambda xs: list(peer(xs)), _maps(channels, image, strides), 1.0, 1.0)
+
+
+def bifpn_vs_effdet(image: int) -> Case:
     from effdet.config import get_efficientdet_config
     from effdet.efficientdet import BiFpn
 
     from fpn_zoo.convert.effdet import from_effdet_bifpn
 
-    channels, strides = [40, 112, 320], [8, 16, 32]
+    channels, strides = EFFNET_B0
     config = get_efficientdet_config("efficientdet_d0")
-    def info():  # effdet's BiFpn edits the dicts it is given
-        return [dict(num_chs=c, reduction=s) for c, s in zip(channels, strides)]
-
-    peer = BiFpn(config, info())
-    ours = fpn_zoo.create_neck("bifpn", info())
+    config.image_size = (image, image)  # effdet fixes its map sizes from the config
+    peer = BiFpn(config, _info(channels, strides))  # effdet edits the dicts it is given: fresh ones each
+    ours = fpn_zoo.create_neck("bifpn", _info(channels, strides))
     ours.load_state_dict(from_effdet_bifpn(peer.state_dict(), ours))
-    return Case("bifpn", "EfficientNet-B0 C3-C5, D0 (64 ch, 3 cells, P3-P7), 512 px; peer effdet BiFpn",
-                ours, peer, lambda xs: list(peer(list(xs))), _maps(channels, 512, strides), 0.6, 0.8)
+    return Case("bifpn", f"EfficientNet-B0 C3-C5, D0 (64 ch, 3 cells, P3-P7), {image} px; effdet BiFpn",
+                ours, peer, lambda xs: list(peer(list(xs))), _maps(channels, image, strides), 0.5, 0.6)
 
 
-CASES = {"fpn": fpn_vs_torchvision, "pan": pan_vs_mmdet, "bifpn": bifpn_vs_effdet}
+CASES: Dict[str, Tuple[Callable[[int], Case], int]] = {  # key -> (builder, large image size)
+    "fpn": (fpn_vs_torchvision, 640),
+    "fpn_mmdet": (fpn_vs_mmdet, 640),
+    "pan": (pan_vs_mmdet, 640),
+    "bifpn": (bifpn_vs_effdet, 512),
+}
+SMALL_IMAGE = 256
 
 
 def _eval_step(fn, xs):
@@ -145,8 +184,86 @@ def run_case(case: Case, reps: int) -> Dict[str, float]:
         "ours": lambda: _train_step(case.ours, case.ours, xs),
         "peer": lambda: _train_step(case.peer, case.run_peer, xs),
     }, reps)
+    case.ours.eval(), case.peer.eval()
     return {"diff": diff, "eval_ours": eval_t["ours"], "eval_peer": eval_t["peer"],
             "train_ours": train_t["ours"], "train_peer": train_t["peer"]}
+
+
+def _peer_inference_path(case: Case, compile: bool) -> Callable[[List[torch.Tensor]], List[torch.Tensor]]:
+    """The peer given what accelerate gives ours: BatchNorm folded, channels-last, compiled."""
+    peer = fpn_zoo.fuse_batchnorm(copy.deepcopy(case.peer)).requires_grad_(False)
+    peer.to(memory_format=torch.channels_last)
+
+    def call(xs):
+        return _run_module(case, peer, [x.contiguous(memory_format=torch.channels_last) for x in xs])
+
+    return torch.compile(call) if compile else call
+
+
+def _run_module(case: Case, module: torch.nn.Module, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+    if case.name == "fpn" and isinstance(module, torchvision.ops.FeaturePyramidNetwork):
+        return list(module(OrderedDict((str(i), x) for i, x in enumerate(xs))).values())
+    return list(module(list(xs)))
+
+
+def run_inference_path(case: Case, reps: int, compile: bool) -> Dict[str, float]:
+    """ours accelerated vs the peer on the same path, and vs our default path."""
+    xs = case.inputs
+    fast = fpn_zoo.accelerate(case.ours, xs, compile=compile, rounds=max(3, reps // 2))
+    peer = _peer_inference_path(case, compile)
+    default = case.ours.eval()
+    t = interleaved_medians({
+        "accelerated": lambda: _eval_step(fast, xs),
+        "peer": lambda: _eval_step(peer, xs),
+        "default": lambda: _eval_step(default, xs),
+    }, reps)
+    return {"ours": t["accelerated"], "peer": t["peer"], "default": t["default"], "layout": fast.layout,
+            "compiled": fast.compiled}
+
+
+MEMORY_PROBE = """
+import json, sys, torch
+sys.path.insert(0, {bench!r})
+import bench_peers
+torch.set_num_threads({threads})
+case = bench_peers.CASES[{key!r}][0]({image})
+module, fn = (case.ours, case.ours) if {side!r} == "ours" else (case.peer, case.run_peer)
+module.train()
+xs = case.inputs
+bench_peers._train_step(module, fn, xs)  # warm-up: allocator caches and lazily made buffers
+print(json.dumps(bench_peers.peak_rss_delta(lambda: bench_peers._train_step(module, fn, xs))))
+"""
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_rss_delta(step: Callable[[], None]) -> float:
+    """MiB by which ``step`` raises the process's resident set above where it started (Linux: the peak is
+    reset through /proc/self/clear_refs, then read back as VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = _status_kib("VmRSS")
+    step()
+    return (_status_kib("VmHWM") - start) / 1024
+
+
+def train_peak_memory(key: str, image: int, threads: int) -> Dict[str, float]:
+    """MiB a training step adds to a fresh process's peak RSS (ATen's allocations included), ours and the peer's."""
+    out = {}
+    for side in ("ours", "peer"):
+        code = MEMORY_PROBE.format(bench=str(Path(__file__).parent), threads=threads, key=key, image=image, side=side)
+        # Every allocation of 64 KiB or more gets its own mapping, returned to the system when freed, so the
+        # resident set follows what is alive instead of what glibc's free lists happen to hold.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        out[side] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
 
 
 def _resnet50_necks(names: Sequence[str]):
@@ -189,82 +306,123 @@ def fuse_gain(names: Sequence[str], reps: int) -> List[Tuple[str, float, float]]
     return rows
 
 
-def render(results, notes, efficiency, fused, args) -> str:
+def _ratio_cell(values: Sequence[float], target: Optional[float] = None) -> str:
+    values = sorted(values)
+    mid = statistics.median(values)
+    spread = f" [{values[0]:.2f}-{values[-1]:.2f}]" if len(values) > 1 else ""
+    verdict = "" if target is None else f" ({'<=' if mid <= target else 'MISSED >'} {target})"
+    return f"**{mid:.2f}**{spread}{verdict}"
+
+
+def render(results, inference_rows, memory_rows, notes, efficiency, folded, args) -> str:
     lines = [
         "# Benchmarks",
         "",
         "Generated by `python benchmarks/bench_peers.py` "
-        f"({datetime.date.today().isoformat()}, torch {torch.__version__}, {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, {args.rounds} rounds of {args.reps} interleaved repetitions).",
-        "Ratios are ours / peer: the median over rounds, [lowest-highest] in brackets; times are medians.",
-        "Both sides get the same weights; parameter counts and outputs are checked equal before timing.",
+        f"({datetime.date.today().isoformat()}, torch {torch.__version__}, {platform.machine()} "
+        f"{platform.processor() or ''}, {torch.get_num_threads()} threads, {args.rounds} rounds of {args.reps} "
+        "interleaved repetitions).",
+        "Ratios are ours / peer (lower is better): the median over rounds, [lowest-highest] in brackets; times are",
+        "medians. Both sides get the same weights; parameter counts and outputs are checked equal before timing.",
+        "Timing on a shared VM is noisy: trust the ratios (both sides measured in the same rounds), not the",
+        "absolute times, and rerun on your machine.",
         "",
-        "## Against the peers",
+        "## The default path against the peers",
         "",
-        "| case | config | max abs diff | eval ours / peer (ms) | eval ratio (target) | train step ours / peer (ms) | train ratio (target) |",
-        "|---|---|---|---|---|---|---|",
+        "What `create_neck` builds: plain `nn.Conv2d` modules, the peers' math (max abs diff column).",
+        "",
+        "| case | config | batch | max abs diff | eval ours / peer (ms) | eval ratio (target) "
+        "| train step ours / peer (ms) | train ratio (target) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for case, rounds in results:
+    for case, batch, rounds in results:
         def med(key: str) -> float:
             return statistics.median(r[key] for r in rounds)
 
-        def ratio(kind: str, target: float) -> str:
-            values = sorted(r[f"{kind}_ours"] / r[f"{kind}_peer"] for r in rounds)
-            mid = statistics.median(values)
-            spread = f" [{values[0]:.2f}-{values[-1]:.2f}]" if len(values) > 1 else ""
-            return f"**{mid:.2f}**{spread} ({'<=' if mid <= target else 'MISSED >'} {target})"
-
         lines.append(
-            f"| `{case.name}` | {case.config} | {max(r['diff'] for r in rounds):.1e} "
-            f"| {med('eval_ours') * 1e3:.0f} / {med('eval_peer') * 1e3:.0f} | {ratio('eval', case.target_eval)} "
-            f"| {med('train_ours') * 1e3:.0f} / {med('train_peer') * 1e3:.0f} | {ratio('train', case.target_train)} |"
+            f"| `{case.name}` | {case.config} | {batch} | {max(r['diff'] for r in rounds):.1e} "
+            f"| {med('eval_ours') * 1e3:.1f} / {med('eval_peer') * 1e3:.1f} "
+            f"| {_ratio_cell([r['eval_ours'] / r['eval_peer'] for r in rounds], case.target_eval)} "
+            f"| {med('train_ours') * 1e3:.1f} / {med('train_peer') * 1e3:.1f} "
+            f"| {_ratio_cell([r['train_ours'] / r['train_peer'] for r in rounds], case.target_train)} |"
         )
     lines += [f"- {note}" for note in notes]
-    lines += [
-        "",
-        "How to read it: at identical math most of `fpn`'s and `pan`'s time is the same oneDNN convolutions on",
-        "both sides; outputs differ from the peer's by float32 rounding only (the max abs diff column).",
-    ]
+    if inference_rows:
+        lines += [
+            "", "## The inference path: `fpn_zoo.accelerate`", "",
+            "Ours: `fpn_zoo.accelerate(neck, inputs, compile=...)` (BatchNorm folded, layout timed here, compiled if",
+            "asked). The peer gets the same treatment by hand: BatchNorm folded, weights and maps channels-last,",
+            "the same `torch.compile`. The last column compares the accelerated neck with our default path.",
+            "",
+            "| case | config | compiled | layout chosen | ours / peer (ms) | ratio | accelerated / default |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for case, rows in inference_rows:
+            lines.append(
+                f"| `{case.name}` | {case.config} | {rows[0]['compiled']} | {rows[0]['layout']} "
+                f"| {statistics.median(r['ours'] for r in rows) * 1e3:.1f} / "
+                f"{statistics.median(r['peer'] for r in rows) * 1e3:.1f} "
+                f"| {_ratio_cell([r['ours'] / r['peer'] for r in rows])} "
+                f"| {_ratio_cell([r['ours'] / r['default'] for r in rows], 1.0)} |"
+            )
+    if memory_rows:
+        lines += ["", "## Training-step peak memory", "",
+                  "MiB that one training step (forward + backward, after a warm-up step) adds to the peak resident",
+                  "set of a fresh process (`/proc/self/clear_refs`, then `VmHWM`), so ATen's allocations count",
+                  "(`tracemalloc` cannot see them). glibc is told to map every allocation of 64 KiB or more on its own",
+                  "and return it when freed, so the resident set follows the live tensors.", "",
+                  "| case | config | ours (MiB) | peer (MiB) | ratio |", "|---|---|---|---|---|"]
+        for case, mem in memory_rows:
+            lines.append(f"| `{case.name}` | {case.config} | {mem['ours']:.0f} | {mem['peer']:.0f} "
+                         f"| {mem['ours'] / max(mem['peer'], 1e-9):.2f} |")
     if efficiency:
         lines += ["", "## Achieved GFLOP/s vs one 3x3 conv", "",
                   "ResNet-50 C3-C5 maps at 640 px; the conv is a plain `nn.Conv2d`, `out_channels -> out_channels`",
-                  "at the finest level. FLOPs are the conventional direct-conv counts for both (`FlopCounterMode`).", "",
-                  "| variant | neck GFLOP/s | 3x3 conv GFLOP/s | ratio (target >= 0.9) |", "|---|---|---|---|"]
+                  "at the finest level, channels-last. FLOPs are `FlopCounterMode`'s counts for both.", "",
+                  "| variant | neck GFLOP/s | 3x3 conv GFLOP/s | ratio |", "|---|---|---|---|"]
         lines += [f"| `{n}` | {a:.1f} | {b:.1f} | {r:.2f} |" for n, a, b, r in efficiency]
-    if fused:
+    if folded:
         lines += ["", "## BatchNorm folding (`fpn_zoo.fuse_batchnorm`)", "",
-                  "| variant | eval ms | fused eval ms | gain |", "|---|---|---|---|"]
-        lines += [f"| `{n}` | {a * 1e3:.0f} | {b * 1e3:.0f} | {a / b:.2f}x |" for n, a, b in fused]
+                  "| variant | eval ms | folded eval ms | gain |", "|---|---|---|---|"]
+        lines += [f"| `{n}` | {a * 1e3:.0f} | {b * 1e3:.0f} | {a / b:.2f}x |" for n, a, b in folded]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="fpn,pan,bifpn", help="comma-separated: fpn, pan, bifpn")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
     parser.add_argument("--reps", type=int, default=11)
     parser.add_argument("--rounds", type=int, default=3,
                         help="independent rounds per case; the table gives the median ratio and its range")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true", help="inference path without torch.compile")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     parser.add_argument("--efficiency", default="fpn,fpn_deep3,fpn_bn_lrelu_64,pan,bifpn,nasfpn,qufpn,csp_pan_s",
-                        help="comma-separated variant patterns for the GFLOP/s and fusion tables ('' to skip)")
+                        help="comma-separated variant patterns for the GFLOP/s and folding tables ('' to skip)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file, or - for stdout")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results, notes = [], []
+    results, inference_rows, memory_rows, notes = [], [], [], []
     for key in [c for c in args.cases.split(",") if c]:
-        try:
-            case = CASES[key]()
-        except ImportError as e:
-            notes.append(f"`{key}` skipped: peer not installed ({e})")
-            print(notes[-1], file=sys.stderr)
-            continue
-        print(f"running {key} ...", file=sys.stderr)
-        results.append((case, [run_case(case, args.reps) for _ in range(args.rounds)]))
+        builder, large = CASES[key]
+        for image in (large, SMALL_IMAGE):
+            try:
+                case = builder(image)
+            except ImportError as e:
+                notes.append(f"`{key}` skipped: peer not installed ({e})")
+                print(notes[-1], file=sys.stderr)
+                break
+            print(f"running {key} at {image} px ...", file=sys.stderr)
+            results.append((case, 1, [run_case(case, args.reps) for _ in range(args.rounds)]))
+            inference_rows.append((case, [run_inference_path(case, args.reps, not args.no_compile)
+                                          for _ in range(args.rounds)]))
+            if image == large and key in ("fpn", "pan") and not args.no_memory:
+                memory_rows.append((case, train_peak_memory(key, image, args.threads)))
     names = fpn_zoo.list_necks(args.efficiency.split(",")) if args.efficiency else []
     print(f"GFLOP/s for {len(names)} variants ...", file=sys.stderr)
     efficiency = conv_efficiency(names, args.reps)
-    fused = fuse_gain(names, args.reps)
-    text = render(results, notes, efficiency, fused, args)
+    folded = fuse_gain(names, args.reps)
+    text = render(results, inference_rows, memory_rows, notes, efficiency, folded, args)
     if args.out == "-":
         print(text)
     else:
