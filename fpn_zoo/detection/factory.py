@@ -13,7 +13,7 @@ from .._factory import create_model
 from .anchors import (
     anchor_generator, fcos_anchor_sizes, fcos_size_ranges, rcnn_anchor_sizes, retinanet_anchor_sizes,
 )
-from .backbone import TorchvisionBackbone, create_timm_backbone, freeze_backbone_stages
+from .backbone import TorchvisionBackbone, create_timm_backbone, fixed_size_keyword, freeze_backbone_stages
 from .fcos import FCOS, fcos_head
 
 __all__ = ["create_detector", "list_detectors"]
@@ -49,10 +49,17 @@ def _features_model(
                 "out_indices, backbone_args and pretrained_backbone only apply when backbone is a timm name; "
                 "a built model is used as it is"
             )
-        if getattr(backbone, "feature_info", None) is None:
+        if not hasattr(getattr(backbone, "feature_info", None), "channels"):  # a classifier has a plain list
             raise TypeError(
                 f"{type(backbone).__name__} has no feature_info: create the backbone with "
                 "timm.create_model(..., features_only=True), or pass its name"
+            )
+        key = fixed_size_keyword(backbone)
+        if key is not None:
+            raise ValueError(
+                f"this {type(backbone).__name__} only takes the image size it was built for, but a detector "
+                f"resizes images to min_size/max_size: build it with timm.create_model(..., {key}=True), "
+                "or pass the model's name"
             )
         return backbone
     if not isinstance(backbone, str):
