@@ -254,3 +254,16 @@ def test_import_fpn_zoo_stays_free_of_mmdet():
     code = "import sys, fpn_zoo; print(any(m.split('.')[0] in ('mmdet', 'mmengine', 'mmcv') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_plugin_family_without_feature_info_is_named():
+    """A family returning a plain module used to fail deep in create_model (AttributeError: feature_info)."""
+    @fpn_zoo.register_neck("detect_test_plain_family")
+    def plain_family(spec, *, out_channels: int = 8):
+        return nn.Identity()
+
+    fpn_zoo.register_variant("detect_test_plain", "detect_test_plain_family", {})
+    with pytest.raises(TypeError, match=r"family 'detect_test_plain_family' \(registered by .*feature_info"):
+        fpn_zoo.create_neck("detect_test_plain", [8, 16])
+    with pytest.raises(TypeError, match="detect_test_plain_family"):
+        fpn_zoo.create_model("test_resnet", neck="detect_test_plain")
