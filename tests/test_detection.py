@@ -267,3 +267,20 @@ def test_a_plugin_family_without_feature_info_is_named():
         fpn_zoo.create_neck("detect_test_plain", [8, 16])
     with pytest.raises(TypeError, match="detect_test_plain_family"):
         fpn_zoo.create_model("test_resnet", neck="detect_test_plain")
+
+
+def test_the_detection_docs_page_runs_as_written():
+    """Every Python block of docs/detection.md, in order, in one namespace (but the marked mmdet one)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "detection.md").read_text()
+    blocks = re.findall(r"(<!-- not run[^>]*-->\n)?```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 8
+    namespace: dict = {}
+    for skip, code in blocks:
+        if not skip:
+            exec(compile(code, "docs/detection.md", "exec"), namespace)
+    assert namespace["model"]["neck"]["type"] == "FpnZooNeck"  # the mmdet config is plain Python
+    assert namespace["fcos"].size_ranges == [(0.0, 16.0), (16.0, 32.0), (32.0, math.inf)]
+    assert namespace["frozen"] == ["conv1", "layer1", "layer2"]
