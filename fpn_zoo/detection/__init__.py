@@ -18,7 +18,8 @@ from .factory import create_detector, list_detectors
 from .fcos import FCOS, FCOSHead, fcos_head
 
 __all__ = [
-    "FCOS", "FCOSHead", "TorchvisionBackbone", "anchor_generator", "create_detector", "create_timm_backbone", "fcos_head",
+    "FCOS", "FCOSHead", "TorchvisionBackbone", "anchor_generator", "create_detector", "create_timm_backbone",
+    "fcos_head",
     "fcos_anchor_sizes", "fcos_size_ranges", "freeze_backbone_stages", "level_names", "list_detectors",
     "pooled_levels", "rcnn_anchor_sizes", "retinanet_anchor_sizes", "torchvision_backbone",
 ]

@@ -67,6 +67,8 @@ def fcos_size_ranges(strides: Sequence[float], scale: float = 1.0) -> List[Tuple
     return ranges
 
 
-def anchor_generator(sizes: Sequence[Tuple[float, ...]], aspect_ratios: Sequence[float] = ASPECT_RATIOS) -> AnchorGenerator:
+def anchor_generator(
+    sizes: Sequence[Tuple[float, ...]], aspect_ratios: Sequence[float] = ASPECT_RATIOS,
+) -> AnchorGenerator:
     """torchvision ``AnchorGenerator`` with ``sizes`` per level and the same aspect ratios on every level."""
     return AnchorGenerator(tuple(tuple(s) for s in sizes), (tuple(aspect_ratios),) * len(sizes))

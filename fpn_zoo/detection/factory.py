@@ -83,11 +83,13 @@ def _body(features: nn.Module, neck: str, neck_args: Dict[str, Any]) -> nn.Modul
         warnings.simplefilter("always")
         body = create_model(features, neck=neck, neck_args=neck_args)
     strides = list(body.feature_info.reduction())
-    if len(strides) > 1 and len(set(strides)) == 1:
+    in_strides = list(features.feature_info.reduction())
+    single = len(in_strides) > 1 and len(set(in_strides)) == 1
+    if (single and len(set(strides)) < len(strides)) or (len(strides) > 1 and len(set(strides)) == 1):
         raise ValueError(
-            f"neck {neck!r} on this backbone builds no pyramid: every level has stride {strides[0]} (a plain "
-            "ViT?). Use neck='simple_pyramid_fpn' (or 'simple_pyramid', 'simple_pyramid_bifpn'), which builds "
-            "strides 4-32 from its last map"
+            f"neck {neck!r} on this backbone builds no pyramid: its levels have strides {strides}, the backbone's "
+            f"are all {in_strides[0]} (a plain ViT?). Use neck='simple_pyramid_fpn' (or 'simple_pyramid', "
+            "'simple_pyramid_bifpn'), which builds strides 4-32 from its last map"
         )
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

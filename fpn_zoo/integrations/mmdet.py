@@ -65,7 +65,9 @@ class FpnZooNeck(BaseModule):
             strides = [4 * 2 ** i for i in range(len(in_channels))]
         strides = list(strides)
         if len(strides) != len(in_channels):
-            raise ValueError(f"got {len(in_channels)} in_channels but {len(strides)} strides; give one of each per level")
+            raise ValueError(
+                f"got {len(in_channels)} in_channels but {len(strides)} strides; give one of each per level"
+            )
         if isinstance(start_level, bool) or not isinstance(start_level, int) or not 0 <= start_level < len(in_channels):
             raise ValueError(f"start_level must be an int in [0, {len(in_channels) - 1}], got {start_level!r}")
         if out_channels is not None:
