@@ -233,6 +233,12 @@ def test_fixed_size_backbones_are_built_for_any_size_or_named():
         create_detector("retinanet", strict, neck="simple_pyramid_fpn")
     with pytest.raises(ValueError, match="dynamic_img_size=True"):
         create_detector("retinanet", "test_vit", neck="simple_pyramid_fpn", backbone_args={"dynamic_img_size": False})
+    body = fpn_zoo.create_model(strict, neck="simple_pyramid_fpn", neck_args={"out_channels": 16})
+    with pytest.raises(ValueError, match="dynamic_img_size=True"):
+        torchvision_backbone(body)
+    body = fpn_zoo.create_model("test_vit", neck="simple_pyramid_fpn", neck_args={"out_channels": 16},
+                                dynamic_img_size=True, dynamic_img_pad=True)  # pad: 75 px is no multiple of 16
+    assert list(torchvision_backbone(body)(torch.rand(1, 3, 75, 130))) == ["p2", "p3", "p4", "p5"]
 
 
 def test_trainable_backbone_layers_freeze_the_first_stages_with_frozen_bn():

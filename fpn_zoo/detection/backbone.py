@@ -83,6 +83,7 @@ class TorchvisionBackbone(nn.Module):
     Raises:
         ValueError: the neck's levels have different widths and ``head_channels`` is not set.
         TypeError: ``body`` has no ``feature_info``.
+        ValueError: ``body`` was built for one image size (timm's ``dynamic_img_size=False``).
     """
 
     def __init__(self, body: nn.Module, head_channels: Optional[int] = None) -> None:
@@ -92,6 +93,12 @@ class TorchvisionBackbone(nn.Module):
             raise TypeError(
                 f"{type(body).__name__} has no timm-style feature_info: pass a model built by "
                 "fpn_zoo.create_model (a BackboneWithNeck)"
+            )
+        key = fixed_size_keyword(body)
+        if key is not None:
+            raise ValueError(
+                "this backbone only takes the image size it was built for, but a detector resizes images to "
+                f"min_size/max_size: build it with {key}=True (fpn_zoo.create_model(name, ..., {key}=True))"
             )
         channels = [int(c) for c in info.channels()]
         self.strides: List[float] = list(info.reduction())
