@@ -19,8 +19,19 @@ from .layers.fuse import fuse_batchnorm
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # torchvision's detection models load only when a detector is asked for: `import fpn_zoo` stays light.
+    if name in ("create_detector", "detection"):
+        import importlib
+
+        detection = importlib.import_module(".detection", __name__)
+        return detection if name == "detection" else detection.create_detector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "BackboneMismatch", "BackboneWithNeck", "FeatureSpec", "GraphNeck", "InferenceNeck", "accelerate", "NeckCfg", "Node", "Topology", "create_model", "create_neck", "fuse_batchnorm",
+    "BackboneMismatch", "BackboneWithNeck", "FeatureSpec", "GraphNeck", "InferenceNeck", "accelerate", "NeckCfg", "Node", "Topology", "create_detector", "create_model", "create_neck", "detection", "fuse_batchnorm",
     "get_topology", "is_neck", "list_families", "list_necks", "list_topologies", "neck_cfg", "register_neck",
     "register_topology", "register_variant", "__version__",
 ]

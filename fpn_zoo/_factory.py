@@ -55,7 +55,16 @@ def create_neck(
             )
     spec = FeatureSpec.resolve(features, reductions, input_fmt)
     args = {**cfg.args, **overrides}
-    neck = get_family(cfg.family).builder(spec, **args)
+    family = get_family(cfg.family)
+    neck = family.builder(spec, **args)
+    info = getattr(neck, "feature_info", None)
+    if not isinstance(neck, nn.Module) or not (hasattr(info, "channels") and hasattr(info, "reduction")):
+        got = type(neck).__name__ if not isinstance(neck, nn.Module) else f"a {type(neck).__name__} without one"
+        raise TypeError(
+            f"neck family {cfg.family!r} (registered by {family.source}) must return an nn.Module with a "
+            f"timm-style feature_info (channels(), reduction(); fpn_zoo._features.make_feature_info builds one), "
+            f"got {got}"
+        )
     neck.neck_cfg = replace(cfg, args=args)
     return neck
 
