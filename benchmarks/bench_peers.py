@@ -1,7 +1,7 @@
 """fpn_zoo against the necks of torchvision, mmdet and effdet, at identical math, on the CPU.
 
     python benchmarks/bench_peers.py                       # everything, writes docs/benchmarks.md
-    python benchmarks/bench_peers.py --cases fpn --rounds 1 --no-compile --out -
+    python benchmarks/bench_peers.py --cases fpn --rounds 1 --compile never --out -
 
 For each case both modules get the same weights (converted with ``fpn_zoo.convert``); the script checks
 that parameter counts are equal and outputs agree before timing anything. Repetitions are interleaved
@@ -19,7 +19,6 @@ skipped with a note. Sections:
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import os
@@ -189,28 +188,25 @@ def run_case(case: Case, reps: int) -> Dict[str, float]:
             "train_ours": train_t["ours"], "train_peer": train_t["peer"]}
 
 
-def _peer_inference_path(case: Case, compile: bool) -> Callable[[List[torch.Tensor]], List[torch.Tensor]]:
-    """The peer given what accelerate gives ours: BatchNorm folded, channels-last, compiled."""
-    peer = fpn_zoo.fuse_batchnorm(copy.deepcopy(case.peer)).requires_grad_(False)
-    peer.to(memory_format=torch.channels_last)
+class PeerAsNeck(torch.nn.Module):
+    """A peer's neck behind our calling convention (a list of maps in, a list out), so that
+    ``fpn_zoo.accelerate`` can give it exactly the treatment it gives ours."""
 
-    def call(xs):
-        return _run_module(case, peer, [x.contiguous(memory_format=torch.channels_last) for x in xs])
+    def __init__(self, case: Case) -> None:
+        super().__init__()
+        self.peer = case.peer
+        self._run = case.run_peer
 
-    return torch.compile(call) if compile else call
-
-
-def _run_module(case: Case, module: torch.nn.Module, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-    if case.name == "fpn" and isinstance(module, torchvision.ops.FeaturePyramidNetwork):
-        return list(module(OrderedDict((str(i), x) for i, x in enumerate(xs))).values())
-    return list(module(list(xs)))
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        return self._run(xs)
 
 
-def run_inference_path(case: Case, reps: int, compile: bool) -> Dict[str, float]:
-    """ours accelerated vs the peer on the same path, and vs our default path."""
+def run_inference_path(case: Case, reps: int, compile) -> Dict[str, float]:
+    """Ours through ``fpn_zoo.accelerate`` against the peer through the very same call, and against our default."""
     xs = case.inputs
-    fast = fpn_zoo.accelerate(case.ours, xs, compile=compile, rounds=max(3, reps // 2))
-    peer = _peer_inference_path(case, compile)
+    rounds = max(3, reps // 2)
+    fast = fpn_zoo.accelerate(case.ours, xs, compile=compile, rounds=rounds)
+    peer = fpn_zoo.accelerate(PeerAsNeck(case), xs, compile=compile, rounds=rounds)
     default = case.ours.eval()
     t = interleaved_medians({
         "accelerated": lambda: _eval_step(fast, xs),
@@ -218,7 +214,7 @@ def run_inference_path(case: Case, reps: int, compile: bool) -> Dict[str, float]
         "default": lambda: _eval_step(default, xs),
     }, reps)
     return {"ours": t["accelerated"], "peer": t["peer"], "default": t["default"], "layout": fast.layout,
-            "compiled": fast.compiled}
+            "compiled": fast.compiled, "peer_layout": peer.layout, "peer_compiled": peer.compiled}
 
 
 MEMORY_PROBE = """
@@ -350,16 +346,18 @@ def render(results, inference_rows, memory_rows, notes, efficiency, folded, args
     if inference_rows:
         lines += [
             "", "## The inference path: `fpn_zoo.accelerate`", "",
-            "Ours: `fpn_zoo.accelerate(neck, inputs, compile=...)` (BatchNorm folded, layout timed here, compiled if",
-            "asked). The peer gets the same treatment by hand: BatchNorm folded, weights and maps channels-last,",
-            "the same `torch.compile`. The last column compares the accelerated neck with our default path.",
+            f"`fpn_zoo.accelerate(neck, inputs, compile={args.compile!r})` on both sides: the peer's module goes",
+            "through the very same call (BatchNorm folded, layout timed here, `torch.compile` kept where it measured",
+            "faster). The last column compares our accelerated neck with our default path.",
             "",
-            "| case | config | compiled | layout chosen | ours / peer (ms) | ratio | accelerated / default |",
+            "| case | config | ours: layout, compiled | peer: layout, compiled | ours / peer (ms) | ratio "
+            "| accelerated / default |",
             "|---|---|---|---|---|---|---|",
         ]
         for case, rows in inference_rows:
             lines.append(
-                f"| `{case.name}` | {case.config} | {rows[0]['compiled']} | {rows[0]['layout']} "
+                f"| `{case.name}` | {case.config} | {rows[0]['layout']}, {rows[0]['compiled']} "
+                f"| {rows[0]['peer_layout']}, {rows[0]['peer_compiled']} "
                 f"| {statistics.median(r['ours'] for r in rows) * 1e3:.1f} / "
                 f"{statistics.median(r['peer'] for r in rows) * 1e3:.1f} "
                 f"| {_ratio_cell([r['ours'] / r['peer'] for r in rows])} "
@@ -395,7 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="independent rounds per case; the table gives the median ratio and its range")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-compile", action="store_true", help="inference path without torch.compile")
+    parser.add_argument("--compile", default="measure", choices=["measure", "always", "never"],
+                        help="torch.compile in the inference path: kept where measured faster (default), always, never")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     parser.add_argument("--efficiency", default="fpn,fpn_deep3,fpn_bn_lrelu_64,pan,bifpn,nasfpn,qufpn,csp_pan_s",
                         help="comma-separated variant patterns for the GFLOP/s and folding tables ('' to skip)")
@@ -414,8 +413,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 break
             print(f"running {key} at {image} px ...", file=sys.stderr)
             results.append((case, 1, [run_case(case, args.reps) for _ in range(args.rounds)]))
-            inference_rows.append((case, [run_inference_path(case, args.reps, not args.no_compile)
-                                          for _ in range(args.rounds)]))
+            compile = {"measure": "measure", "always": True, "never": False}[args.compile]
+            inference_rows.append((case, [run_inference_path(case, args.reps, compile) for _ in range(args.rounds)]))
             if image == large and key in ("fpn", "pan") and not args.no_memory:
                 memory_rows.append((case, train_peak_memory(key, image, args.threads)))
     names = fpn_zoo.list_necks(args.efficiency.split(",")) if args.efficiency else []
