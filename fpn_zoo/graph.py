@@ -372,7 +372,7 @@ class GraphNeck(nn.Module):
     """
 
     # Layout of the maps inside the neck: necks with depthwise convs make their maps channels-last on entry
-    # (oneDNN's NCHW depthwise kernels are its slow path; docs/benchmarks.md has the measurements), dense necks
+    # (oneDNN's NCHW depthwise kernels are its slow path: see docs/benchmarks.md), dense necks
     # keep the layout they are given. Weights stay NCHW (FSDP2 shards them as they are). The layout changes
     # no math. None = decide at construction; set True / False to override on an instance.
     channels_last: Optional[bool] = None
