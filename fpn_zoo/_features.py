@@ -6,6 +6,8 @@ resort — an explicit list of channels.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
 
@@ -14,7 +16,10 @@ import torch
 from ._compat import is_compiling
 from timm.models import FeatureInfo
 
-__all__ = ["FeatureSpec", "BackboneMismatch", "make_feature_info", "check_features", "check_module_inputs", "is_compiling"]
+__all__ = [
+    "FeatureSpec", "BackboneMismatch", "make_feature_info", "check_features", "check_module_inputs",
+    "warn_single_stride", "is_compiling", "MAX_REDUCTION",
+]
 
 
 class BackboneMismatch(ValueError):
@@ -24,6 +29,9 @@ class BackboneMismatch(ValueError):
     """
 
 FORMATS = ("NCHW", "NHWC")
+#: The largest stride a level may report: 4096 px per cell is far beyond any backbone or neck output, so a
+#: larger one (``2**40``) is a mistake, not a feature map.
+MAX_REDUCTION = 4096
 
 
 def _fmt_name(fmt: Any) -> str:
@@ -55,8 +63,10 @@ class FeatureSpec:
         for level, (c, r) in enumerate(zip(self.channels, self.reductions)):
             if isinstance(c, bool) or not isinstance(c, int) or c <= 0:
                 raise ValueError(f"level {level}: channels must be a positive int, got {c!r}")
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0:
-                raise ValueError(f"level {level}: reduction must be a positive number, got {r!r}")
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= MAX_REDUCTION:
+                raise ValueError(
+                    f"level {level}: reduction must be a finite number in (0, {MAX_REDUCTION}], got {r!r}"
+                )
         for level in range(1, len(self.reductions)):
             if self.reductions[level] < self.reductions[level - 1]:
                 raise ValueError(
@@ -139,8 +149,31 @@ def check_module_inputs(module: torch.nn.Module, features: Any, spec: FeatureSpe
         check_features(features, spec, param.dtype if param is not None else None)
 
 
+def warn_single_stride(spec: FeatureSpec) -> None:
+    """Warn (the same way in every multi-level family) when all of several levels share one stride.
+
+    Such maps (the blocks of a plain ViT) are valid input and the neck's outputs match its ``feature_info``,
+    but it builds no pyramid: every output stays at that stride. The warning names the variants that build
+    one from such a map.
+    """
+    if spec.num_levels > 1 and len(set(spec.reductions)) == 1:
+        stride = spec.reductions[0]
+        warnings.warn(
+            f"every input level has stride {stride} (a plain ViT?), so this neck builds no pyramid: all its "
+            f"outputs stay at stride {stride}. 'simple_pyramid_fpn' or 'simple_pyramid_bifpn' build strides "
+            "8-32 from one such map.",
+            UserWarning, stacklevel=4,
+        )
+
+
 def check_features(features: Any, spec: FeatureSpec, param_dtype: Optional[torch.dtype] = None) -> None:
-    """Raise a clear ``TypeError``/``ValueError`` when ``features`` do not fit ``spec``."""
+    """Raise a clear ``TypeError``/``ValueError`` when ``features`` do not fit ``spec``.
+
+    Checked per level: a 4-d floating-point tensor, not on the meta device, with the level's channels, the
+    batch size and dtype of level 0, no zero-size side, and no larger (in H or W) than the level before it;
+    where the spec's stride at least doubles, a side above 1 must shrink (maps passed coarsest-first or all at
+    one size contradict ``feature_info``). A few comparisons per level: nothing measurable beside a conv.
+    """
     n = spec.num_levels
     if not isinstance(features, (list, tuple)):
         raise TypeError(f"a neck takes a list of {n} feature maps, got {type(features).__name__}")
@@ -149,7 +182,8 @@ def check_features(features: Any, spec: FeatureSpec, param_dtype: Optional[torch
             f"expected {n} feature maps (channels {list(spec.channels)}), got {len(features)}"
         )
     nhwc = spec.input_fmt == "NHWC"
-    batch = None
+    first: Optional[torch.Tensor] = None
+    prev_hw: Tuple[int, int] = (0, 0)
     for level, x in enumerate(features):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"feature map {level} is a {type(x).__name__}, expected a torch.Tensor")
@@ -159,10 +193,13 @@ def check_features(features: Any, spec: FeatureSpec, param_dtype: Optional[torch
             )
         if not x.is_floating_point():
             raise TypeError(f"feature map {level} has dtype {x.dtype}; a neck needs floating-point maps")
+        if x.is_meta:
+            raise ValueError(f"feature map {level} is on the meta device (shape only, no data); a neck needs real maps")
+        shape = x.shape
         expected = spec.channels[level]
-        got = x.shape[3] if nhwc else x.shape[1]
+        got = shape[3] if nhwc else shape[1]
         if got != expected:
-            other = x.shape[1] if nhwc else x.shape[3]
+            other = shape[1] if nhwc else shape[3]
             hint = ""
             if other == expected:
                 layout = "NCHW" if nhwc else "NHWC"
@@ -172,15 +209,32 @@ def check_features(features: Any, spec: FeatureSpec, param_dtype: Optional[torch
                 )
             raise ValueError(
                 f"feature map {level} has {got} channels, expected {expected}{hint}; "
-                f"shape {tuple(x.shape)} read as {spec.input_fmt}"
+                f"shape {tuple(shape)} read as {spec.input_fmt}"
             )
-        if batch is None:
-            batch = x.shape[0]
-        elif x.shape[0] != batch:
-            raise ValueError(f"feature map {level} has batch size {x.shape[0]}, but feature map 0 has {batch}")
-    if param_dtype is not None and not torch.is_autocast_enabled(features[0].device.type):
-        if features[0].dtype != param_dtype:
+        hw = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
+        if hw[0] == 0 or hw[1] == 0:
+            raise ValueError(f"feature map {level} has a zero-size side: {hw[0]}x{hw[1]} (shape {tuple(shape)})")
+        if first is None:
+            first = x
+        else:
+            if shape[0] != first.shape[0]:
+                raise ValueError(f"feature map {level} has batch size {shape[0]}, but feature map 0 has {first.shape[0]}")
+            if x.dtype != first.dtype:
+                raise TypeError(f"feature map {level} is {x.dtype}, but feature map 0 is {first.dtype}: "
+                                "every level must have one dtype")
+            doubled = spec.reductions[level] >= 2 * spec.reductions[level - 1]
+            for side, (a, b) in zip("HW", zip(prev_hw, hw)):
+                if b > a or (doubled and b == a > 1):
+                    raise ValueError(
+                        f"feature map {level} is {hw[0]}x{hw[1]}, but feature map {level - 1} is "
+                        f"{prev_hw[0]}x{prev_hw[1]}: at stride {spec.reductions[level]} (vs "
+                        f"{spec.reductions[level - 1]}) its {side} should be about {a / (spec.reductions[level] / spec.reductions[level - 1]):.3g}; "
+                        "pass the maps finest first, one per level of feature_info"
+                    )
+        prev_hw = hw
+    if param_dtype is not None and first is not None and not torch.is_autocast_enabled(first.device.type):
+        if first.dtype != param_dtype:
             raise TypeError(
-                f"feature maps are {features[0].dtype} but the neck's weights are {param_dtype}: "
-                f"call neck.to({features[0].dtype}) or use torch.autocast"
+                f"feature maps are {first.dtype} but the neck's weights are {param_dtype}: "
+                f"call neck.to({first.dtype}) or use torch.autocast"
             )

@@ -4,10 +4,14 @@
   levels that join the graph, every fusion node (its fusion and whether it is smoothed), every edge (with
   the 1x1 projection / down- / upsampling the built module really applies on it), the outputs and the
   extra levels appended after them.
-* A neck whose ``describe()`` has ``"stages"`` (:class:`~fpn_zoo.necks.chain.ChainedNeck`) is drawn as one
+* A neck whose ``describe()`` has ``stages`` (:class:`~fpn_zoo.necks.chain.ChainedNeck`) is drawn as one
   subgraph per stage, each stage's outputs feeding the next stage's inputs.
 * Any other neck is drawn as inputs -> one box (its kind and the scalar facts of its ``describe()``) ->
   outputs.
+
+``describe()`` returns a frozen dataclass (:class:`~fpn_zoo.graph.GraphDescription`,
+:class:`~fpn_zoo.necks.simple_pyramid.PyramidDescription`, ...); a plain mapping is read as well (a chain's
+description with ``stages``, or a plugin's own).
 
 Example:
     >>> import fpn_zoo
@@ -18,11 +22,12 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
-from .graph import GraphNeck
+from .graph import GraphDescription, Node
 
 __all__ = ["mermaid", "NODE_PREFIX"]
 
@@ -64,15 +69,40 @@ def _input_levels(module: Optional[nn.Module]) -> Optional[List[Level]]:
     return [(int(c), float(r)) for c, r in zip(spec.channels, spec.reductions)]
 
 
-def _describe(module: Optional[nn.Module]) -> Dict[str, Any]:
+def _as_description(desc: Any, module: Optional[nn.Module] = None) -> Any:
+    """A :class:`GraphDescription` as is; any other dataclass or mapping as a dict (stages read the same way)."""
+    if isinstance(desc, GraphDescription):
+        return desc
+    if dataclasses.is_dataclass(desc) and not isinstance(desc, type):
+        if hasattr(desc, "stages"):  # shallow: each stage is read on its own
+            desc = {f.name: getattr(desc, f.name) for f in dataclasses.fields(desc)}
+        else:
+            desc = dataclasses.asdict(desc)
+    if isinstance(desc, Mapping):
+        desc = dict(desc)
+        if {"nodes", "num_levels", "outputs"} <= set(desc):  # the untyped form of a graph (fpn_zoo 0.1.0)
+            return GraphDescription(
+                topology=str(desc.get("topology", "")), num_levels=int(desc["num_levels"]),
+                input_levels=int(desc.get("input_levels", desc["num_levels"])),
+                nodes=tuple(n if isinstance(n, Node) else Node(str(n["name"]), int(n["level"]), tuple(n["inputs"]),
+                                                             n.get("fusion", "sum"), bool(n.get("smooth", True)),
+                                                             n.get("downsample", "pool")) for n in desc["nodes"]),
+                outputs=tuple(int(i) for i in desc["outputs"]), out_channels=desc.get("out_channels"),
+                extra_levels=int(desc.get("extra_levels") or 0), extra_op=desc.get("extra_op"),
+                extra_source=str(desc.get("extra_source", "output")), extra_in_graph=bool(desc.get("extra_in_graph")),
+            )
+        return desc
+    return {"kind": str(desc) if desc is not None else type(module).__name__}
+
+
+def _describe(module: Optional[nn.Module]) -> Any:
     describe = getattr(module, "describe", None)
     if callable(describe):
         try:
             desc = describe()
         except Exception as e:  # the diagram says so rather than the docs failing
             return {"kind": type(module).__name__, "describe() failed": f"{type(e).__name__}: {e}"}
-        if isinstance(desc, Mapping):
-            return dict(desc)
+        return _as_description(desc, module)
     return {"kind": type(module).__name__} if module is not None else {}
 
 
@@ -153,17 +183,17 @@ def _smooth_text(block: Optional[nn.Module]) -> str:
     return f"smooth: {text}" + (" (separable)" if separable else "")
 
 
-def _draw_graph(chart: _Chart, desc: Mapping[str, Any], module: Optional[nn.Module], prefix: str,
+def _draw_graph(chart: _Chart, desc: GraphDescription, module: Optional[nn.Module], prefix: str,
                 inputs: Optional[List[Level]]) -> Tuple[List[str], List[str]]:
     """Draw a graph description; returns the ids of its input nodes and of its output nodes."""
-    num_levels = int(desc["num_levels"])
-    n_inputs = int(desc.get("input_levels", num_levels))
-    nodes = [dict(n) for n in desc["nodes"]]
-    outputs = [int(i) for i in desc["outputs"]]
+    num_levels = desc.num_levels
+    n_inputs = desc.input_levels
+    nodes = desc.nodes
+    outputs = list(desc.outputs)
     extras = getattr(module, "extras", None)
-    extra_op = getattr(extras, "op", desc.get("extra_op", "extra"))
-    extra_in_graph = bool(getattr(module, "extra_in_graph", desc.get("extra_in_graph", False)))
-    out_channels = getattr(module, "out_channels", desc.get("out_channels"))
+    extra_op = getattr(extras, "op", desc.extra_op or "extra")
+    extra_in_graph = desc.extra_in_graph
+    out_channels = desc.out_channels
 
     strides: List[Optional[float]] = [None] * num_levels
     channels: List[Optional[int]] = [None] * num_levels
@@ -189,34 +219,33 @@ def _draw_graph(chart: _Chart, desc: Mapping[str, Any], module: Optional[nn.Modu
 
     built = getattr(module, "nodes", None)
     for k, node in enumerate(nodes):
-        name, level = str(node["name"]), int(node["level"])
-        fusion = str(node.get("fusion", "sum"))
-        smooth = bool(node.get("smooth", True))
-        n_in = len(node["inputs"])
+        name, level = node.name, node.level
+        fusion = node.fusion
+        smooth = node.smooth
+        n_in = len(node.inputs)
         fusion_module = built[name] if built is not None and name in built else None
         what = fusion if n_in > 1 else ("" if smooth else "copy")
         smooth_text = _smooth_text(getattr(fusion_module, "smooth", None)) if smooth else ""
         node_id = chart.node(f"{prefix}{NODE_PREFIX}{name}",
                              _label(name, what, smooth_text, _fmt_stride(strides[level])))
         edges = list(getattr(fusion_module, "edges", [])) if fusion_module is not None else []
-        for j, src in enumerate(node["inputs"]):
-            src = int(src)
-            src_level = src if src < num_levels else int(nodes[src - num_levels]["level"])
+        for j, src in enumerate(node.inputs):
+            src_level = src if src < num_levels else nodes[src - num_levels].level
             edge = edges[j] if j < len(edges) else None
             chart.edge(ids[src], node_id, _edge_text(edge, strides[src_level], strides[level], src_level, level,
-                                                     str(node.get("downsample", "pool"))))
+                                                     node.downsample))
         ids.append(node_id)
 
     out_levels = _feature_levels(module)
     out_ids: List[str] = []
     for k, src in enumerate(outputs):
-        level = src if src < num_levels else int(nodes[src - num_levels]["level"])
+        level = src if src < num_levels else nodes[src - num_levels].level
         ch, stride = out_levels[k] if out_levels and k < len(out_levels) else (out_channels, strides[level])
         out_ids.append(chart.node(f"{prefix}out{k}", _label(f"output {k}", _level_text(ch, stride)), "round", "output"))
         chart.edge(ids[src], out_ids[-1])
     n_extra = getattr(extras, "num_levels", 0) if extras is not None and not extra_in_graph else 0
     if n_extra:
-        source = input_ids[-1] if getattr(module, "extra_source", "output") == "input" else out_ids[-1]
+        source = input_ids[-1] if desc.extra_source == "input" else out_ids[-1]
         for j in range(n_extra):
             k = len(outputs) + j
             ch, stride = out_levels[k] if out_levels and k < len(out_levels) else (out_channels, None)
@@ -288,10 +317,12 @@ def _draw_box(chart: _Chart, desc: Mapping[str, Any], module: Optional[nn.Module
     return input_ids, out_ids
 
 
-def _draw(chart: _Chart, desc: Mapping[str, Any], module: Optional[nn.Module], prefix: str,
+def _draw(chart: _Chart, desc: Any, module: Optional[nn.Module], prefix: str,
           inputs: Optional[List[Level]]) -> Tuple[List[str], List[str]]:
     if inputs is None:
         inputs = _input_levels(module)
+    if isinstance(desc, GraphDescription):
+        return _draw_graph(chart, desc, module, prefix, inputs)
     stages = desc.get("stages")
     if isinstance(stages, Sequence) and not isinstance(stages, str) and stages:
         modules = _stage_modules(module, len(stages))
@@ -299,10 +330,11 @@ def _draw(chart: _Chart, desc: Mapping[str, Any], module: Optional[nn.Module], p
         prev_outs: List[str] = []
         level_info = inputs
         for s, (stage_desc, stage_module) in enumerate(zip(stages, modules)):
-            stage_desc = dict(stage_desc) if isinstance(stage_desc, Mapping) else {"kind": str(stage_desc)}
-            title = f"stage {s + 1}: {stage_desc.get('kind') or stage_desc.get('topology') or type(stage_module).__name__}"
-            if "topology" in stage_desc and "kind" not in stage_desc:
-                title = f"stage {s + 1}: graph {stage_desc['topology']}"
+            stage_desc = _as_description(stage_desc, stage_module)
+            if isinstance(stage_desc, GraphDescription):
+                title = f"stage {s + 1}: graph {stage_desc.topology}"
+            else:
+                title = f"stage {s + 1}: {stage_desc.get('kind') or type(stage_module).__name__}"
             chart.begin(f"{prefix}s{s}", title)
             ins, outs = _draw(chart, stage_desc, stage_module, f"{prefix}s{s}_", level_info)
             chart.end()
@@ -312,14 +344,12 @@ def _draw(chart: _Chart, desc: Mapping[str, Any], module: Optional[nn.Module], p
             prev_outs = outs
             level_info = _feature_levels(stage_module)
         return first_inputs, prev_outs
-    if {"nodes", "num_levels", "outputs"} <= set(desc):
-        return _draw_graph(chart, desc, module, prefix, inputs)
     return _draw_box(chart, desc, module, prefix, inputs)
 
 
 def mermaid(neck: nn.Module) -> str:
     """A Mermaid ``flowchart`` of the built ``neck`` (see the module docstring for what is drawn)."""
     chart = _Chart()
-    desc = neck.describe() if isinstance(neck, GraphNeck) else _describe(neck)
+    desc = _describe(neck)
     _draw(chart, desc, neck, "", None)
     return chart.text()

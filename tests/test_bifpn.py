@@ -10,7 +10,9 @@ from torch import nn
 import fpn_zoo
 from conftest import backbone, features
 from fpn_zoo.graph import Node, Topology
-from fpn_zoo.necks.bifpn import ActConvNorm, bifpn_cell, bifpn_topology, stack_cells
+from fpn_zoo.graph import stack_cells
+from fpn_zoo.layers.blocks import ActConvNorm
+from fpn_zoo.necks.bifpn import bifpn_cell, bifpn_topology
 
 CHANNELS = [24, 40, 80]
 

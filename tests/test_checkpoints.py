@@ -28,20 +28,6 @@ def test_state_dicts_record_their_version():
     assert neck.state_dict()._metadata[""]["version"] == GraphNeck._version
 
 
-def test_a_future_rename_upgrades_old_checkpoints(monkeypatch):
-    """The upgrade path: a release that renames keys lists the rename under its new version."""
-    neck = fpn_zoo.create_neck("fpn", [4, 8], out_channels=8)
-    old = neck.state_dict()
-    renamed = {k.replace(".smooth.", ".post."): v for k, v in old.items()}
-    renamed = type(old)(renamed)
-    renamed._metadata = old._metadata  # saved by version 1, when the key was "post" in this scenario
-    monkeypatch.setattr(GraphNeck, "_version", 2)
-    monkeypatch.setattr(GraphNeck, "_STATE_DICT_RENAMES", {2: ((r"\.post\.", ".smooth."),)})
-    fresh = fpn_zoo.create_neck("fpn", [4, 8], out_channels=8)
-    fresh.load_state_dict(renamed)
-    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in old.items())
-
-
 def test_the_same_seed_builds_the_same_weights():
     def build():
         torch.manual_seed(123)

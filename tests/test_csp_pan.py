@@ -105,9 +105,9 @@ def test_extra_levels() -> None:
     assert [tuple(o.shape[-2:]) for o in outs][-2:] == [(1, 2), (1, 1)]
 
 
-def test_single_stride_backbone_is_declined_naming_a_fitting_variant() -> None:
-    with pytest.raises(ValueError, match="simple_pyramid_fpn") as err:
-        fpn_zoo.create_neck("csp_pan_s", backbone("vit"))
+def test_single_level_backbone_is_declined_naming_a_fitting_variant() -> None:
+    with pytest.raises(fpn_zoo.BackboneMismatch, match="simple_pyramid_fpn") as err:
+        fpn_zoo.create_neck("csp_pan_s", [64], reductions=[16])
     assert fpn_zoo.is_neck("simple_pyramid_fpn"), str(err.value)
 
 

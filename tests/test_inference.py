@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import fpn_zoo
+from fpn_zoo.layers.fold import fold_batchnorm
 from conftest import backbone, features
 
 VARIANTS = fpn_zoo.list_necks()
@@ -24,7 +25,7 @@ def randomize_norms(module: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_fuse_batchnorm_keeps_outputs(name):
+def test_fold_batchnorm_keeps_outputs(name):
     try:
         neck = fpn_zoo.create_neck(name, backbone("cnn"))
     except fpn_zoo.BackboneMismatch:
@@ -34,7 +35,7 @@ def test_fuse_batchnorm_keeps_outputs(name):
     xs = features("cnn")
     with torch.no_grad():
         expected = neck(xs)
-        fused = fpn_zoo.fuse_batchnorm(copy.deepcopy(neck))
+        fused = fold_batchnorm(copy.deepcopy(neck))
         got = fused(xs)
     had_bn = any(isinstance(m, nn.BatchNorm2d) for m in neck.modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) or not had_bn, "BatchNorm left unfolded"

@@ -1,6 +1,7 @@
 """Bad input gets a clear ValueError/TypeError naming the problem; valid edge cases work."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -228,16 +229,92 @@ def test_conv_extra_levels_return_p6_before_the_activation():
     assert outs[2].min() < 0
 
 
-def test_a_single_stride_backbone_is_declined_with_a_variant_that_fits():
-    with pytest.raises(fpn_zoo.BackboneMismatch, match="simple_pyramid"):
-        fpn_zoo.create_neck("csp_pan_s", backbone("vit"))
-
-
-def test_same_stride_levels_build_no_pyramid_and_the_user_is_told():
+@pytest.mark.parametrize("name", ["fpn", "pan", "bifpn", "nasfpn", "csp_pan_s"])
+def test_same_stride_levels_build_no_pyramid_and_every_family_says_so_the_same_way(name):
+    """Every multi-level family warns alike (no family refuses, none is silent), naming variants that fit and
+    no internal topology id."""
     info = [dict(num_chs=16, reduction=16)] * 3
-    with pytest.warns(UserWarning, match=r"every input level has stride 16.*simple_pyramid_fpn"):
-        neck = fpn_zoo.create_neck("fpn", info, out_channels=8)
-    assert neck.feature_info.reduction() == [16, 16, 16]
+    with pytest.warns(UserWarning, match=r"^every input level has stride 16.*'simple_pyramid_fpn'") as record:
+        neck = fpn_zoo.create_neck(name, info, out_channels=8)
+    assert not re.search(r"\b(fpn|pan|bifpn|csp_pan)\d", str(record[0].message))
+    assert neck.feature_info.reduction()[:3] == [16, 16, 16]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fpn_zoo.create_neck("fpn", [dict(num_chs=16, reduction=8), dict(num_chs=16, reduction=16)], out_channels=8)
+
+
+# ------------------------------------------------------------------------ maps that contradict feature_info
+
+
+def test_maps_passed_coarsest_first_are_refused(neck):
+    sizes = [4, 8, 16]  # the sizes of a pyramid, coarsest first
+    with pytest.raises(ValueError, match=r"feature map 1 is 8x8, but feature map 0 is 4x4.*finest first"):
+        neck([torch.randn(2, c, s, s) for c, s in zip(CHANNELS, sizes)])
+
+
+def test_maps_all_at_one_size_are_refused_where_the_stride_doubles(neck):
+    with pytest.raises(ValueError, match=r"feature map 1 is 16x16, but feature map 0 is 16x16: at stride 16 \(vs 8\)"):
+        neck([torch.randn(2, c, 16, 16) for c in CHANNELS])
+
+
+def test_equal_sizes_are_fine_at_equal_strides_and_at_one_pixel():
+    same = fpn_zoo.create_neck("pan", [{"num_chs": 8, "reduction": 14}, {"num_chs": 8, "reduction": 14}], out_channels=8)
+    same.eval()([torch.randn(1, 8, 5, 5), torch.randn(1, 8, 5, 5)])
+    fpn_zoo.create_neck("fpn", CHANNELS, out_channels=8).eval()(maps(size=1))
+
+
+def test_mixed_dtypes_across_levels_name_the_level(neck):
+    xs = maps()
+    xs[2] = xs[2].double()
+    with pytest.raises(TypeError, match=r"feature map 2 is torch.float64, but feature map 0 is torch.float32"):
+        neck(xs)
+
+
+def test_zero_size_maps_name_the_level(neck):
+    xs = maps()
+    xs[1] = torch.randn(2, 32, 0, 8)
+    with pytest.raises(ValueError, match=r"feature map 1 has a zero-size side: 0x8"):
+        neck(xs)
+
+
+def test_meta_maps_name_the_level(neck):
+    xs = maps()
+    xs[0] = xs[0].to("meta")
+    with pytest.raises(ValueError, match=r"feature map 0 is on the meta device"):
+        neck(xs)
+
+
+@pytest.mark.parametrize("reduction", [float("nan"), float("inf"), 2 ** 40, 0, -8])
+def test_non_finite_or_absurd_reductions_are_refused(reduction):
+    with pytest.raises(ValueError, match=r"level 1: reduction must be a finite number in \(0, 4096\]"):
+        fpn_zoo.FeatureSpec((8, 16), (8, reduction))
+
+
+# --------------------------------------------------------------------------------- knobs, checked once
+
+
+@pytest.mark.parametrize("name", ["fpn", "pan", "bifpn", "nasfpn", "csp_pan_s"])
+def test_every_family_checks_a_knob_with_the_same_table_and_message(name):
+    with pytest.raises(ValueError, match=r"^extra_op must be one of \('subsample', 'maxpool', 'conv'\), "
+                                         r"got 'maxpol'; did you mean 'maxpool'"):
+        fpn_zoo.create_neck(name, CHANNELS, extra_levels=1, extra_op="maxpol")
+    with pytest.raises(ValueError, match=r"^upsample_mode must be one of .*got 'nerest'; did you mean 'nearest'"):
+        fpn_zoo.create_neck(name, CHANNELS, upsample_mode="nerest")
+
+
+def test_the_executor_trusts_checked_knobs():
+    """GraphNeck holds no second copy of the checks (one place: fpn_zoo.layers.config)."""
+    import inspect
+
+    from fpn_zoo import graph
+
+    source = inspect.getsource(graph.GraphNeck)
+    assert "extra_source must" not in source and "lateral must" not in source
+
+
+def test_resolve_act_in_place_only_when_asked():
+    from fpn_zoo.layers.conv import resolve_act
+
+    assert resolve_act("relu")().inplace is False
+    assert resolve_act("relu", inplace=True)().inplace is True
+    assert resolve_act("leaky_relu", {"negative_slope": 0.1}, inplace=True)().negative_slope == 0.1

@@ -109,7 +109,7 @@ def test_several_maps_at_one_stride_use_the_last() -> None:
         outs = neck(feats)
         changed = neck([torch.randn_like(f) for f in feats[:-1]] + [feats[-1]])
     assert all(torch.equal(a, b) for a, b in zip(outs, changed))
-    assert neck.describe()["input"]["uses"] == "last"
+    assert neck.describe().input.uses == "last"
 
 
 def test_multi_stride_backbone_is_declined_naming_a_fitting_variant(backbone_kind) -> None:
@@ -142,8 +142,8 @@ def test_vitdet_layers() -> None:
                      ["MaxPool2d"]]
     assert [level.lateral.conv.in_channels for level in neck.levels] == [16, 32, 64, 64]  # channels halve going up
     described = neck.describe()
-    assert described["kind"] == "simple_pyramid"
-    assert [lvl["reduction"] for lvl in described["levels"]] == neck.feature_info.reduction()
+    assert described.kind == "simple_pyramid"
+    assert [lvl.reduction for lvl in described.levels] == neck.feature_info.reduction()
 
 
 def test_scales_and_out_strides_agree() -> None:
@@ -187,7 +187,7 @@ def test_a_vit_gets_a_multi_scale_neck(then: str) -> None:
     assert neck.feature_info is neck.second.feature_info
     assert {k.split(".")[0] for k in neck.state_dict()} == {"first", "second"}
     assert neck.describe()["kind"] == "chain"
-    assert [s.get("kind") for s in neck.describe()["stages"]][0] == "simple_pyramid"
+    assert neck.describe()["stages"][0].kind == "simple_pyramid"  # each stage describes itself (typed)
     neck.train()
     outs = neck(vit_features())
     assert [o.shape[1] for o in outs] == neck.feature_info.channels()

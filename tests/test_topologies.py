@@ -122,11 +122,11 @@ topologies:
   tiny_cell:
     num_levels: 3
     nodes:
-      - {name: down1, level: 1, inputs: [1, 2], fusion: fast_attn}   # 3
-      - {name: down0, level: 0, inputs: [0, 3], fusion: fast_attn}   # 4
-      - {name: up1, level: 1, inputs: [1, 3, 4], fusion: attn}       # 5
-      - {name: up2, level: 2, inputs: [2, 5], fusion: concat}        # 6
-    outputs: [4, 5, 6]
+      - {name: down1, level: 1, inputs: [in1, in2], fusion: fast_attn}
+      - {name: down0, level: 0, inputs: [in0, down1], fusion: fast_attn}
+      - {name: up1, level: 1, inputs: [in1, down1, down0], fusion: attn}
+      - {name: up2, level: 2, inputs: [in2, up1], fusion: concat}
+    outputs: [down0, up1, up2]
 necks:
   tiny_yaml_neck:
     family: graph
@@ -159,14 +159,30 @@ def test_yaml_defined_topology_end_to_end(yaml_neck):
 
 
 MALFORMED = {
-    "forward_reference": ("- {name: early, level: 0, inputs: [0, 4]}\n      - {name: late, level: 1, inputs: [1, 2]}",
-                          "[2, 3]", r"node 'early' \(id 2\): reads id 4, which is not computed yet"),
-    "missing_level": ("- {name: nowhere, level: 3, inputs: [0, 1]}", "[2]", r"node 'nowhere' \(id 2\): level 3 does not exist"),
-    "unused_node": ("- {name: used, level: 0, inputs: [0, 1]}\n      - {name: orphan, level: 1, inputs: [1, 2]}",
-                    "[2, 1]", "node 'orphan' is computed but never used"),
-    "unknown_fusion": ("- {name: odd, level: 0, inputs: [0, 1], fusion: max}", "[2]", r"node 'odd' \(id 2\): unknown fusion 'max'"),
-    "concat_unsmoothed": ("- {name: wide, level: 0, inputs: [0, 1], fusion: concat, smooth: false}", "[2]",
+    "forward_reference": ("- {name: early, level: 0, inputs: [in0, late]}\n      - {name: late, level: 1, inputs: [in1, early]}",
+                          "[early, late]", r"node 'early': inputs names 'late', which is neither an input level"),
+    "missing_level": ("- {name: nowhere, level: 3, inputs: [in0, in1]}", "[nowhere]",
+                      r"node 'nowhere' \(id 2\): level 3 does not exist"),
+    "unused_node": ("- {name: used, level: 0, inputs: [in0, in1]}\n      - {name: orphan, level: 1, inputs: [in1, used]}",
+                    "[used, in1]", "node 'orphan' is computed but never used"),
+    "unknown_fusion": ("- {name: odd, level: 0, inputs: [in0, in1], fusion: max}", "[odd]",
+                       r"node 'odd' \(id 2\): unknown fusion 'max'"),
+    "concat_unsmoothed": ("- {name: wide, level: 0, inputs: [in0, in1], fusion: concat, smooth: false}", "[wide]",
                           "node 'wide' .* needs smooth=True"),
+    # types are strict: what YAML gives is not coerced
+    "inputs_a_string": ("- {name: s, level: 0, inputs: \"in0\"}", "[s]",
+                        r"topology 'broken_inputs_a_string', node 's': inputs must be a list of map names .*, got str 'in0'"),
+    "integer_ids": ("- {name: ids, level: 0, inputs: [0, 1]}", "[ids]", r"node 'ids': inputs must be a list of map names"),
+    "smooth_a_string": ("- {name: s, level: 0, inputs: [in0, in1], smooth: \"false\"}", "[s]",
+                        r"node 's': smooth must be true or false, got str 'false'"),
+    "fractional_level": ("- {name: f, level: 0.9, inputs: [in0, in1]}", "[f]", r"node 'f': level must be an int, got float 0.9"),
+    "boolean_level": ("- {name: b, level: true, inputs: [in0, in1]}", "[b]", r"node 'b': level must be an int, got bool"),
+    "misspelt_input": ("- {name: m, level: 0, inputs: [in0, inl]}", "[m]", r"names 'inl'.*did you mean 'in1'"),
+    "misspelt_output": ("- {name: node_a, level: 0, inputs: [in0, in1]}", "[node_b]",
+                        r"outputs names 'node_b'.*did you mean 'node_a'"),
+    "misspelt_key": ("- {name: k, level: 0, inputs: [in0, in1], fusoin: sum}", "[k]",
+                     r"node 'k': unknown keys \['fusoin'\]; did you mean 'fusion'"),
+    "name_taken": ("- {name: in1, level: 0, inputs: [in0, in1]}", "[in1]", r"the name 'in1' is taken"),
 }
 
 
@@ -177,3 +193,11 @@ def test_malformed_yaml_topology_names_the_node(case):
     with pytest.raises(ValueError, match=message):
         _registry._add_document(yaml.safe_load(doc), "test_topologies.py")
     assert f"broken_{case}" not in fpn_zoo.list_topologies()
+
+
+@pytest.mark.parametrize("name", ["nasfpn", "qufpn"])
+def test_builtin_topologies_round_trip_through_the_named_form(name):
+    topology = fpn_zoo.get_topology(name)
+    named = topology.to_dict()
+    assert all(isinstance(i, str) for node in named["nodes"] for i in node["inputs"])
+    assert type(topology).from_dict(name, named) == topology

@@ -7,20 +7,16 @@ module only turns their failures into a clear error that names the bad value and
 """
 from __future__ import annotations
 
-import difflib
 from functools import partial
 from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
+from .._utils import close_matches
+
 __all__ = ["LayerSpec", "ConvNormAct", "SeparableConvNormAct", "conv_block", "resolve_norm", "resolve_act"]
 
 LayerSpec = Union[str, type, Callable[..., nn.Module], None]
-
-
-def _close(name: str, choices) -> str:
-    matches = difflib.get_close_matches(name.lower(), list(choices), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
 
 def _known_acts() -> list[str]:
@@ -51,7 +47,7 @@ def _lookup(kind: str, spec: LayerSpec, timm_getter: str, known: Callable[[], li
         except (KeyError, ValueError, AssertionError):
             layer = None
         if layer is None:
-            raise ValueError(f"unknown {kind} {spec!r}{_close(spec, known())}")
+            raise ValueError(f"unknown {kind} {spec!r}{close_matches(spec, known())}")
         return layer
     if callable(spec):
         return spec
@@ -59,22 +55,31 @@ def _lookup(kind: str, spec: LayerSpec, timm_getter: str, known: Callable[[], li
                     f"got {type(spec).__name__}")
 
 
-def resolve_act(act: LayerSpec, act_kwargs: Optional[Mapping[str, Any]] = None) -> Optional[Callable[[], nn.Module]]:
+def resolve_act(
+    act: LayerSpec, act_kwargs: Optional[Mapping[str, Any]] = None, *, inplace: bool = False
+) -> Optional[Callable[[], nn.Module]]:
     """Turn ``act`` (name, class, factory or None) into a zero-argument factory, or None.
+
+    Args:
+        act: a timm activation name, a class or factory, or None.
+        act_kwargs: extra arguments of the layer.
+        inplace: build layers that work in place where the layer supports it (as timm's
+            ``create_act_layer(..., inplace=True)``). Only safe where the activation's input is a tensor no
+            one else reads: right after a conv or norm, never at the start of a block whose input is a map
+            other nodes (or the caller) still use.
 
     Raises:
         ValueError: an unknown activation name (with close matches).
         TypeError: ``act`` is neither a string, a callable nor None.
     """
     layer = _lookup("activation", act, "get_act_layer", _known_acts)
-    return None if layer is None else partial(_make_act, layer, dict(act_kwargs or {}))
+    return None if layer is None else partial(_make_act, layer, dict(act_kwargs or {}), inplace)
 
 
-def _make_act(layer: Callable[..., nn.Module], kwargs: dict) -> nn.Module:
-    # In-place where the layer supports it: the activation always runs on a freshly made tensor.
+def _make_act(layer: Callable[..., nn.Module], kwargs: dict, inplace: bool) -> nn.Module:
     try:
-        return layer(inplace=True, **kwargs)
-    except TypeError:
+        return layer(inplace=inplace, **kwargs)
+    except TypeError:  # the layer has no in-place mode (GELU ...), or act_kwargs set it already
         return layer(**kwargs)
 
 

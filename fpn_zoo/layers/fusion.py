@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import FUSIONS
+
 __all__ = ["FUSIONS", "make_fusion", "SumFusion", "WeightedFusion", "ConcatFusion", "GlobalAttnFusion"]
-
-FUSIONS = ("sum", "fast_attn", "attn", "concat", "global_attn")
-
 
 class SumFusion(nn.Module):
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
@@ -74,12 +73,7 @@ class GlobalAttnFusion(nn.Module):
 
 
 def make_fusion(method: str, num_inputs: int) -> nn.Module:
-    if method == "sum":
-        return SumFusion()
+    """The module of one of :data:`~fpn_zoo.layers.config.FUSIONS` (checked by the family) for ``num_inputs`` maps."""
     if method in ("fast_attn", "attn"):
         return WeightedFusion(num_inputs, method)
-    if method == "concat":
-        return ConcatFusion()
-    if method == "global_attn":
-        return GlobalAttnFusion()
-    raise ValueError(f"unknown fusion {method!r}; choose one of {FUSIONS}")
+    return {"sum": SumFusion, "concat": ConcatFusion, "global_attn": GlobalAttnFusion}[method]()

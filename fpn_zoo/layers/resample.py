@@ -13,16 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Resample", "ExtraLevels", "max_pool_down", "resize_to", "skip_identity"]
-
-
-def skip_identity(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, without the cost of a module call when ``module`` is an ``nn.Identity``.
-
-    A neck's graph holds many identity slots (no projection, no downsampling, no smoothing); at small
-    image sizes the per-call overhead of those modules was a measurable share of the forward pass.
-    """
-    return x if isinstance(module, nn.Identity) else module(x)
+__all__ = ["Resample", "ExtraLevels", "max_pool_down", "resize_to"]
 
 
 def resize_to(x: torch.Tensor, size: torch.Size, mode: str) -> torch.Tensor:
@@ -57,16 +48,40 @@ class Resample(nn.Module):
         proj: channel projection (a 1x1 conv block) or None.
         down: strided op for an input from a finer level (pool or learned conv) or None.
         upsample_mode: interpolation mode used to go up, and to fix sizes after ``down``.
+        resize: whether the map may arrive at another size than the node's (False for an input of the node's
+            own level with no strided op: its size is the level's by construction).
+
+    Children ``proj`` and ``down`` are ``nn.Identity`` when absent (state-dict names are stable); which of them
+    run is worked out at construction (and again when one is assigned), not per call.
     """
 
-    def __init__(self, proj: Optional[nn.Module], down: Optional[nn.Module], upsample_mode: str = "nearest") -> None:
+    def __init__(
+        self,
+        proj: Optional[nn.Module],
+        down: Optional[nn.Module],
+        upsample_mode: str = "nearest",
+        resize: bool = True,
+    ) -> None:
         super().__init__()
+        self.upsample_mode = upsample_mode
+        self.resize = resize
         self.proj = proj if proj is not None else nn.Identity()
         self.down = down if down is not None else nn.Identity()
-        self.upsample_mode = upsample_mode
+        self._plan_ready = True
+        self._plan()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name in ("proj", "down") and self.__dict__.get("_plan_ready"):
+            self._plan()
+
+    def _plan(self) -> None:
+        self._steps = tuple(m for m in (self.proj, self.down) if not isinstance(m, nn.Identity))
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        return resize_to(skip_identity(self.down, skip_identity(self.proj, x)), size, self.upsample_mode)
+        for step in self._steps:
+            x = step(x)
+        return resize_to(x, size, self.upsample_mode) if self.resize else x
 
 
 class ExtraLevels(nn.Module):
@@ -81,10 +96,8 @@ class ExtraLevels(nn.Module):
             activation between levels: RetinaNet ``LastLevelP6P7``).
         make_proj: builds the 1x1 projection used by the pooling ops when channels differ.
         make_conv: builds a 3x3 stride-2 conv block ``(in, out) -> module`` for ``op="conv"``.
-        make_act: the activation between conv levels (ReLU in RetinaNet).
+        make_act: the activation between conv levels (ReLU in RetinaNet); it must not work in place.
     """
-
-    OPS = ("subsample", "maxpool", "conv")
 
     def __init__(
         self,
@@ -97,8 +110,6 @@ class ExtraLevels(nn.Module):
         make_act: Callable[[], nn.Module],
     ) -> None:
         super().__init__()
-        if op not in self.OPS:
-            raise ValueError(f"unknown extra level op {op!r}; choose one of {self.OPS}")
         self.op = op
         self.num_levels = num_levels
         self.proj = make_proj(in_channels, out_channels) if op != "conv" and in_channels != out_channels else nn.Identity()
@@ -106,9 +117,7 @@ class ExtraLevels(nn.Module):
             self.convs = nn.ModuleList(
                 make_conv(in_channels if i == 0 else out_channels, out_channels) for i in range(num_levels)
             )
-            self.act = make_act()
-            if hasattr(self.act, "inplace"):  # its input is a level already handed out as an output
-                self.act.inplace = False
+            self.act = make_act()  # not in place: its input is a level already handed out as an output
         else:
             self.pool = nn.MaxPool2d(1, stride=2) if op == "subsample" else max_pool_down(2)
 

@@ -13,8 +13,8 @@ the backbone's levels. A backbone map is projected (1x1 conv + BN, no activation
 differ from ``out_channels``, once per edge that reads it, as in effdet.
 
 With the defaults the math is effdet's ``BiFpn`` for ``efficientdet_d0`` (PyTorch padding), weight for
-weight: see :func:`fpn_zoo.convert.effdet.from_effdet_bifpn`. :func:`stack_cells` and :func:`preact_blocks`
-are shared with the generic ``graph`` family (NAS-FPN, QuFPN).
+weight: see :func:`fpn_zoo.convert.effdet.from_effdet_bifpn`. The blocks (:func:`~fpn_zoo.layers.blocks.preact_blocks`)
+and the cell stacking (:func:`~fpn_zoo.graph.stack_cells`) are shared with the generic ``graph`` family.
 
 Example:
     >>> import torch, fpn_zoo
@@ -24,153 +24,28 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from torch import nn
 
 from .._features import FeatureSpec
 from .._registry import register_neck
-from ..graph import Blocks, GraphNeck, Node, Topology
-from ..layers.conv import ConvNormAct, LayerSpec, conv_block, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..graph import GraphNeck, Node, Topology, stack_cells
+from ..layers.blocks import init_weights, preact_blocks
+from ..layers.config import BIFPN_FUSIONS, check_knobs
+from ..layers.conv import LayerSpec, resolve_norm
 
-__all__ = [
-    "ActConvNorm", "preact_blocks", "stack_cells", "bifpn_cell", "bifpn_topology", "bifpn",
-    "effdet_norm_kwargs", "BIFPN_FUSIONS", "EFFDET_BN_KWARGS",
-]
+__all__ = ["bifpn_cell", "bifpn_topology", "bifpn", "effdet_norm_kwargs", "EFFDET_BN_KWARGS"]
 
-BIFPN_FUSIONS = ("fast_attn", "attn", "sum")
 #: EfficientDet's BatchNorm settings (TensorFlow's): what ``norm_kwargs=None`` means for a batch norm.
 EFFDET_BN_KWARGS: Dict[str, float] = {"eps": 1e-3, "momentum": 0.01}
 
 
-def _not_inplace(module: nn.Module) -> nn.Module:
-    if getattr(module, "inplace", False):
-        module.inplace = False
-    return module
-
-
-class ActConvNorm(nn.Sequential):
-    """``act -> conv -> norm``: the pre-activation block of EfficientDet's BiFPN and of NAS-FPN.
-
-    The conv is a plain ``k x k`` conv (child ``conv``) or depthwise-separable (``conv_dw`` then ``conv_pw``);
-    convs carry a bias only when there is no norm. The activation never works in place: its input may be a
-    map that later nodes still read.
-
-    Children: ``act`` (if any), ``conv`` or ``conv_dw`` + ``conv_pw``, ``norm`` (if any).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        *,
-        separable: bool = False,
-        norm_layer: Optional[Callable[[int], nn.Module]] = None,
-        act_layer: Optional[Callable[[], nn.Module]] = None,
-    ) -> None:
-        super().__init__()
-        if act_layer is not None:
-            self.act = _not_inplace(act_layer())
-        padding = kernel_size // 2
-        bias = norm_layer is None
-        if separable and kernel_size > 1:
-            self.conv_dw = nn.Conv2d(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=False)
-            self.conv_pw = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
-        else:
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
-        if norm_layer is not None:
-            self.norm = norm_layer(out_channels)
-
-
-def preact_blocks(
-    *,
-    norm: LayerSpec,
-    act: LayerSpec,
-    norm_kwargs: Optional[Mapping[str, Any]] = None,
-    act_kwargs: Optional[Mapping[str, Any]] = None,
-    smooth_depth: int = 1,
-    separable: bool = True,
-) -> Blocks:
-    """EfficientDet / NAS-FPN blocks: ``conv-norm`` projections, ``act-conv-norm`` after each fusion.
-
-    Laterals and learned downsampling have no activation (the next node's smoothing starts with one);
-    ``smooth_depth`` :class:`ActConvNorm` blocks follow a fusion; conv extra levels are ``conv-norm`` with
-    the activation between them.
-    """
-    norm_layer = resolve_norm(norm, norm_kwargs)
-    act_layer = resolve_act(act, act_kwargs)
-
-    def lateral(cin: int, cout: int) -> nn.Module:
-        return ConvNormAct(cin, cout, 1, norm_layer=norm_layer)
-
-    def smooth(cin: int, cout: int) -> nn.Module:
-        return nn.Sequential(*(
-            ActConvNorm(cin if d == 0 else cout, cout, 3, separable=separable, norm_layer=norm_layer, act_layer=act_layer)
-            for d in range(smooth_depth)
-        ))
-
-    def down_conv(channels: int, stride: int) -> nn.Module:
-        kernel = 3 if stride <= 2 else stride + 1 - stride % 2
-        return conv_block(channels, channels, kernel, stride, separable=separable, norm_layer=norm_layer)
-
-    def extra_conv(cin: int, cout: int) -> nn.Module:
-        return ConvNormAct(cin, cout, 3, stride=2, norm_layer=norm_layer)
-
-    def extra_act() -> nn.Module:
-        return _not_inplace(act_layer()) if act_layer is not None else nn.Identity()
-
-    return Blocks(lateral, smooth, down_conv, extra_conv, extra_act=extra_act)
-
-
-def stack_cells(cell: Topology, num_repeats: int) -> Topology:
-    """Repeat a cell: cell ``r + 1`` reads cell ``r``'s outputs as its levels; node ``n`` of cell ``r`` is ``c{r}_{n}``.
-
-    Raises:
-        ValueError: ``num_repeats > 1`` and the cell cannot feed itself: its outputs are not one map per level,
-            finest first, or it never reads some level (the previous cell's output there would go unused).
-    """
-    cell.validate()
-    if isinstance(num_repeats, bool) or not isinstance(num_repeats, int) or num_repeats < 1:
-        raise ValueError(f"num_repeats must be an int >= 1, got {num_repeats!r}")
-    num_levels = cell.num_levels
-    out_levels = [cell.level_of(i) for i in cell.outputs]
-    if num_repeats > 1 and out_levels != list(range(num_levels)):
-        raise ValueError(
-            f"topology {cell.name!r} cannot be repeated: its outputs are at levels {out_levels}, but a repeated "
-            f"cell must return one map per level 0..{num_levels - 1}, finest first"
-        )
-    read = {i for node in cell.nodes for i in node.inputs} | set(cell.outputs)
-    unread = [level for level in range(num_levels) if level not in read]
-    if num_repeats > 1 and unread:
-        raise ValueError(
-            f"topology {cell.name!r} cannot be repeated: it never reads level(s) {unread}, so the previous "
-            "cell's outputs there would go unused"
-        )
-
-    def global_id(local: int, feed: List[int], base: int) -> int:
-        return feed[local] if local < num_levels else base + local - num_levels
-
-    nodes: List[Node] = []
-    feed = list(range(num_levels))
-    for r in range(num_repeats):
-        base = num_levels + len(nodes)
-        for node in cell.nodes:
-            inputs = tuple(global_id(i, feed, base) for i in node.inputs)
-            nodes.append(replace(node, name=f"c{r}_{node.name}", inputs=inputs))
-        feed = [global_id(i, feed, base) for i in cell.outputs]
-    stacked = Topology(f"{cell.name}x{num_repeats}", num_levels, tuple(nodes), tuple(feed))
-    stacked.validate()
-    return stacked
-
-
 def bifpn_cell(num_levels: int, fusion: str = "fast_attn") -> Topology:
-    """One BiFPN cell over ``num_levels`` levels, nodes in effdet's order (``td{L-2} .. td0, bu1 .. bu{L-1}``)."""
-    if fusion not in BIFPN_FUSIONS:
-        raise ValueError(f"bifpn: fusion must be one of {BIFPN_FUSIONS}, got {fusion!r}")
+    """One BiFPN cell over ``num_levels`` levels, nodes in effdet's order (``td{L-2} .. td0, bu1 .. bu{L-1}``).
+
+    ``fusion`` is one of :data:`~fpn_zoo.layers.config.BIFPN_FUSIONS` (checked by :func:`bifpn`).
+    """
     if num_levels < 2:
         raise ValueError(f"a BiFPN cell needs at least 2 levels to fuse, got {num_levels}")
     nodes: List[Node] = []
@@ -243,19 +118,18 @@ def bifpn(
     Raises:
         ValueError: a bad knob, ``extra_source="output"``, or fewer than two levels in all.
     """
+    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels, extra_op=extra_op,
+                extra_source=extra_source, fusion=fusion, fusions=BIFPN_FUSIONS, num_repeats=num_repeats,
+                smooth_depth=smooth_depth)
     if extra_source != "input":
         raise ValueError(
-            "bifpn: extra levels join the BiFPN graph as inputs, so they are made from the coarsest backbone map; "
+            "extra levels join the BiFPN graph as inputs, so they are made from the coarsest backbone map; "
             f"extra_source={extra_source!r} cannot apply (use 'input')"
         )
-    check_common(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
-                 extra_op=extra_op, extra_source=extra_source, num_repeats=num_repeats, smooth_depth=smooth_depth)
-    if fusion not in BIFPN_FUSIONS:
-        raise ValueError(f"bifpn: fusion must be one of {BIFPN_FUSIONS}, got {fusion!r}")
     num_levels = spec.num_levels + extra_levels
     if num_levels < 2:
         raise ValueError(
-            f"bifpn needs at least 2 levels to fuse; the backbone gives {spec.num_levels} and extra_levels="
+            f"a BiFPN needs at least 2 levels to fuse; the backbone gives {spec.num_levels} and extra_levels="
             f"{extra_levels}: set extra_levels >= 1"
         )
     blocks = preact_blocks(norm=norm, act=act, norm_kwargs=effdet_norm_kwargs(norm, norm_kwargs),

@@ -39,12 +39,11 @@ from torch import nn
 from .._features import BackboneMismatch, FeatureSpec
 from .._registry import register_neck
 from ..graph import GraphNeck, Node, Topology
+from ..layers.blocks import init_weights, standard_blocks
+from ..layers.config import CSP_BLOCKS, check_choice, check_knobs
 from ..layers.conv import ConvNormAct, LayerSpec, conv_block, resolve_act, resolve_norm
-from ._common import check_common, init_weights, standard_blocks
 
-__all__ = ["CSPBlock", "csp_pan_topology", "scaled_width", "scaled_depth", "csp_pan", "CSP_BLOCKS"]
-
-CSP_BLOCKS = ("c2f", "c3")
+__all__ = ["CSPBlock", "csp_pan_topology", "scaled_width", "scaled_depth", "csp_pan"]
 
 
 class Bottleneck(nn.Sequential):
@@ -74,7 +73,7 @@ class CSPBlock(nn.Module):
         num_blocks: bottlenecks on the processed half.
         expand_ratio: hidden width of each half, relative to ``out_channels``.
         style: ``c2f`` (YOLOv8: concatenate every bottleneck's output too) or ``c3`` (YOLOv5 / RTMDet's
-            ``CSPLayer``: concatenate the two halves only).
+            ``CSPLayer``: concatenate the two halves only); one of :data:`~fpn_zoo.layers.config.CSP_BLOCKS`.
         separable: depthwise-separable 3x3 convs in the bottlenecks.
         norm_layer: norm factory or None.
         act_layer: activation factory or None.
@@ -93,8 +92,6 @@ class CSPBlock(nn.Module):
         act_layer: Optional[Callable[[], nn.Module]] = None,
     ) -> None:
         super().__init__()
-        if style not in CSP_BLOCKS:
-            raise ValueError(f"CSP block style must be one of {CSP_BLOCKS}, got {style!r}")
         self.style = style
         hidden = max(1, int(out_channels * expand_ratio))
         self.split = ConvNormAct(in_channels, 2 * hidden, 1, norm_layer=norm_layer, act_layer=act_layer)
@@ -156,12 +153,12 @@ def _check_factor(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
-def _check_strides(spec: FeatureSpec) -> None:
-    if spec.num_levels < 2 or len(set(spec.reductions)) == 1:
+def _check_levels(spec: FeatureSpec) -> None:
+    if spec.num_levels < 2:
         raise BackboneMismatch(
-            f"csp_pan fuses levels of different strides, but the backbone gives strides {list(spec.reductions)} "
-            "(a single-stride backbone such as a ViT): use 'simple_pyramid_fpn', or 'simple_pyramid' with "
-            "then='csp_pan_s', which first builds a pyramid from the last map"
+            f"a CSP-PAN concatenates maps of two levels or more, but the backbone gives one (stride "
+            f"{spec.reductions[0]}): use 'pan' (which adds levels with extra_levels), or 'simple_pyramid_fpn' "
+            "to build a pyramid from that one map"
         )
 
 
@@ -188,7 +185,7 @@ def csp_pan(
     """Build a CSP-PAN.
 
     Args:
-        spec: the backbone's levels (at least two strides).
+        spec: the backbone's levels (at least two; all at one stride, as a ViT's, builds no pyramid and warns).
         out_channels: channels of every node and output, before ``widen_factor``.
         num_blocks: bottlenecks per CSP block, before ``deepen_factor``.
         widen_factor: YOLO width multiple: the width is ``out_channels * widen_factor`` rounded up to 8.
@@ -206,19 +203,19 @@ def csp_pan(
         extra_source: make extra levels from the coarsest ``output`` or ``input`` map.
 
     Raises:
-        ValueError: a single-stride backbone (use ``simple_pyramid_fpn``), or a bad knob.
+        BackboneMismatch: a single-level backbone (use ``pan`` or ``simple_pyramid_fpn``).
+        ValueError: a bad knob.
     """
-    check_common(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
-                 extra_op=extra_op, extra_source=extra_source, num_blocks=num_blocks)
+    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
+                extra_op=extra_op, extra_source=extra_source, num_blocks=num_blocks)
     _check_factor("widen_factor", widen_factor)
     _check_factor("deepen_factor", deepen_factor)
     _check_factor("expand_ratio", expand_ratio)
-    if csp_block not in CSP_BLOCKS:
-        raise ValueError(f"csp_block must be one of {CSP_BLOCKS}, got {csp_block!r}")
-    _check_strides(spec)
+    check_choice("csp_block", csp_block, CSP_BLOCKS)
+    _check_levels(spec)
     width = scaled_width(out_channels, widen_factor)
     depth = scaled_depth(num_blocks, deepen_factor)
-    norm_layer, act_layer = resolve_norm(norm, norm_kwargs), resolve_act(act, act_kwargs)
+    norm_layer, act_layer = resolve_norm(norm, norm_kwargs), resolve_act(act, act_kwargs, inplace=True)
 
     def csp_smooth(cin: int, cout: int) -> nn.Module:
         return CSPBlock(cin, cout, depth, expand_ratio=expand_ratio, style=csp_block, separable=bool(separable),

@@ -21,8 +21,9 @@ from typing import Any, List, Mapping, Optional, Tuple
 from .._features import FeatureSpec
 from .._registry import register_neck
 from ..graph import GraphNeck, Node, Topology
+from ..layers.blocks import init_weights, standard_blocks
+from ..layers.config import check_knobs
 from ..layers.conv import LayerSpec
-from ._common import standard_neck
 
 __all__ = ["fpn_topology", "top_down_nodes", "fpn"]
 
@@ -80,8 +81,10 @@ def fpn(
         extra_op: ``subsample`` (torchvision ``LastLevelMaxPool``), ``maxpool`` or ``conv`` (RetinaNet P6/P7).
         extra_source: make extra levels from the coarsest ``output`` or ``input`` map.
     """
-    return standard_neck(
-        spec, fpn_topology(spec.num_levels), out_channels=out_channels, norm=norm, act=act, norm_kwargs=norm_kwargs,
-        act_kwargs=act_kwargs, smooth_depth=smooth_depth, separable=separable, upsample_mode=upsample_mode,
-        extra_levels=extra_levels, extra_op=extra_op, extra_source=extra_source,
-    )
+    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
+                extra_op=extra_op, extra_source=extra_source, smooth_depth=smooth_depth)
+    blocks = standard_blocks(norm=norm, act=act, norm_kwargs=norm_kwargs, act_kwargs=act_kwargs,
+                             smooth_depth=smooth_depth, separable=separable)
+    neck = GraphNeck(spec, fpn_topology(spec.num_levels), blocks, out_channels=out_channels, upsample_mode=upsample_mode,
+                     lateral="always", extra_levels=extra_levels, extra_op=extra_op, extra_source=extra_source)
+    return init_weights(neck)

@@ -9,16 +9,18 @@ and EfficientDet's QuFPN (``effdet/config/fpn_config.py``) are built that way::
       my_cell:
         num_levels: 2
         nodes:
-          - {name: down, level: 0, inputs: [0, 1]}   # id 2
-          - {name: up, level: 1, inputs: [1, 2]}     # id 3
-        outputs: [2, 3]
+          - {name: down, level: 0, inputs: [in0, in1]}
+          - {name: up, level: 1, inputs: [in1, down]}
+        outputs: [down, up]
     necks:
       my_neck:
         family: graph
         args: {topology: my_cell, num_repeats: 3, out_channels: 64}
 
-The topology's ``num_levels`` counts the backbone levels plus the extra levels that join the graph
-(``extra_in_graph``, the default). ``num_repeats > 1`` stacks the topology as a cell (:func:`stack_cells`):
+Maps are named: input level ``l`` is ``in{l}`` (extra levels that join the graph continue the count), a node
+is its name. The topology's ``num_levels`` counts the backbone levels plus the extra levels that join the
+graph (``extra_in_graph``, the default). ``num_repeats > 1`` stacks the topology as a cell
+(:func:`~fpn_zoo.graph.stack_cells`):
 it must then return one map per level. ``pre_act=True`` gives the EfficientDet / NAS-FPN blocks
 (``act -> conv -> norm`` after a fusion, ``conv-norm`` projections), ``pre_act=False`` the FPN ones
 (``conv -> norm -> act`` everywhere).
@@ -36,19 +38,19 @@ from typing import Any, Mapping, Optional, Union
 
 from .._features import BackboneMismatch, FeatureSpec
 from .._registry import get_topology, register_neck
-from ..graph import GraphNeck, Topology
+from ..graph import GraphNeck, Topology, stack_cells
+from ..layers.blocks import init_weights, preact_blocks, standard_blocks
+from ..layers.config import check_knobs
 from ..layers.conv import LayerSpec
-from ..layers.fusion import FUSIONS
-from ._common import check_common, init_weights, standard_blocks
-from .bifpn import _not_inplace, preact_blocks, stack_cells
 
-__all__ = ["graph", "resolve_topology", "LATERALS"]
-
-LATERALS = ("always", "if_needed")
+__all__ = ["graph", "resolve_topology"]
 
 
 def resolve_topology(topology: Union[str, Topology], fusion: Optional[str] = None) -> Topology:
-    """A registered topology by name (or a :class:`Topology` as is), with every node's fusion replaced by ``fusion``."""
+    """A registered topology by name (or a :class:`Topology` as is), with every node's fusion replaced by ``fusion``.
+
+    ``fusion`` is None or one of :data:`~fpn_zoo.layers.config.FUSIONS` (checked by :func:`graph`).
+    """
     if isinstance(topology, str):
         cell = get_topology(topology)
     elif isinstance(topology, Topology):
@@ -57,8 +59,6 @@ def resolve_topology(topology: Union[str, Topology], fusion: Optional[str] = Non
     else:
         raise TypeError(f"topology must be a registered topology name or a Topology, got {type(topology).__name__}")
     if fusion is not None:
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS} (or None: as the topology says), got {fusion!r}")
         cell = replace(cell, nodes=tuple(replace(node, fusion=fusion) for node in cell.nodes))
         cell.validate()
     return cell
@@ -133,10 +133,9 @@ def graph(
         ValueError: unknown or malformed topology (naming the node), a level count the topology is not
             written for (naming both counts), a cell that cannot be repeated, or a bad knob.
     """
-    check_common(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
-                 extra_op=extra_op, extra_source=extra_source, num_repeats=num_repeats, smooth_depth=smooth_depth)
-    if lateral not in LATERALS:
-        raise ValueError(f"lateral must be one of {LATERALS}, got {lateral!r}")
+    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels, extra_op=extra_op,
+                extra_source=extra_source, lateral=lateral, fusion=fusion, num_repeats=num_repeats,
+                smooth_depth=smooth_depth)
     if extra_in_graph and extra_levels > 0 and extra_source != "input":
         raise ValueError(
             "extra levels that join the graph (extra_in_graph=True) are made from the coarsest backbone map; "
@@ -151,10 +150,6 @@ def graph(
     else:
         blocks = standard_blocks(norm=norm, act=act, norm_kwargs=norm_kwargs, act_kwargs=act_kwargs,
                                  smooth_depth=smooth_depth, separable=separable)
-        # standard_blocks' extra_act may work in place, which would also change the level it is applied to
-        # (ExtraLevels returns that map too); take a copy that does not.
-        make_act = blocks.extra_act
-        blocks = replace(blocks, extra_act=lambda: _not_inplace(make_act()))
     neck = GraphNeck(
         spec, graph_topology, blocks, out_channels=out_channels, upsample_mode=upsample_mode, lateral=lateral,
         extra_levels=extra_levels, extra_op=extra_op, extra_source=extra_source if extra_levels > 0 else "input",

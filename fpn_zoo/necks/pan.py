@@ -20,8 +20,9 @@ from typing import Any, Mapping, Optional
 from .._features import FeatureSpec
 from .._registry import register_neck
 from ..graph import GraphNeck, Node, Topology
+from ..layers.blocks import init_weights, standard_blocks
+from ..layers.config import check_knobs
 from ..layers.conv import LayerSpec
-from ._common import standard_neck
 from .fpn import top_down_nodes
 
 __all__ = ["pan_topology", "pan"]
@@ -61,8 +62,10 @@ def pan(
     extra_source: str = "output",
 ) -> GraphNeck:
     """Build a PANet neck. Arguments as :func:`fpn_zoo.necks.fpn.fpn`; ``smooth_depth`` applies to both paths."""
-    return standard_neck(
-        spec, pan_topology(spec.num_levels), out_channels=out_channels, norm=norm, act=act, norm_kwargs=norm_kwargs,
-        act_kwargs=act_kwargs, smooth_depth=smooth_depth, separable=separable, upsample_mode=upsample_mode,
-        extra_levels=extra_levels, extra_op=extra_op, extra_source=extra_source,
-    )
+    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
+                extra_op=extra_op, extra_source=extra_source, smooth_depth=smooth_depth)
+    blocks = standard_blocks(norm=norm, act=act, norm_kwargs=norm_kwargs, act_kwargs=act_kwargs,
+                             smooth_depth=smooth_depth, separable=separable)
+    neck = GraphNeck(spec, pan_topology(spec.num_levels), blocks, out_channels=out_channels, upsample_mode=upsample_mode,
+                     lateral="always", extra_levels=extra_levels, extra_op=extra_op, extra_source=extra_source)
+    return init_weights(neck)

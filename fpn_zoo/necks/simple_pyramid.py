@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -43,15 +44,56 @@ from torch import nn
 
 from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 from ..layers.conv import ConvNormAct, LayerSpec, conv_block, resolve_act, resolve_norm
 from ..layers.resample import ExtraLevels
-from ._common import check_common, init_weights
 from .chain import chain_neck
 
-__all__ = ["SimplePyramid", "pyramid_steps", "simple_pyramid"]
+__all__ = [
+    "SimplePyramid", "PyramidDescription", "PyramidInput", "PyramidLevel", "PyramidExtraLevel", "pyramid_steps",
+    "simple_pyramid",
+]
 
 DEFAULT_OUT_STRIDES = (4, 8, 16, 32)
 Number = Union[int, float]
+
+
+@dataclass(frozen=True)
+class PyramidInput:
+    """The map the pyramid is built from: its channels and stride, how many levels came in, which is used."""
+
+    channels: int
+    reduction: Number
+    input_levels: int
+    uses: str
+
+
+@dataclass(frozen=True)
+class PyramidLevel:
+    """One output level: its stride, its scale relative to the input map, and the ops that make it."""
+
+    reduction: Number
+    scale: float
+    ops: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PyramidExtraLevel:
+    """An extra level after the pyramid: its stride and how it is made."""
+
+    reduction: Number
+    op: str
+
+
+@dataclass(frozen=True)
+class PyramidDescription:
+    """What a built :class:`SimplePyramid` computes, for docs and diagrams (:func:`fpn_zoo.diagram.mermaid`)."""
+
+    input: PyramidInput
+    levels: Tuple[PyramidLevel, ...]
+    extra_levels: Tuple[PyramidExtraLevel, ...]
+    kind: str = "simple_pyramid"
 
 
 def _as_number(x: float) -> Number:
@@ -158,7 +200,7 @@ class SimplePyramid(nn.Module):
                 out_channels, out_channels, extra_levels, extra_op,
                 make_proj=lambda cin, cout: ConvNormAct(cin, cout, 1, norm_layer=norm_layer),
                 make_conv=lambda cin, cout: ConvNormAct(cin, cout, 3, stride=2, norm_layer=norm_layer),
-                make_act=act_layer or nn.ReLU,
+                make_act=act_layer or nn.ReLU,  # act_layer is never in place (see simple_pyramid)
             )
             reductions += [_as_number(reductions[-1] * 2 ** (i + 1)) for i in range(extra_levels)]
             names += [f"extras.{i}" for i in range(extra_levels)]
@@ -207,21 +249,16 @@ class SimplePyramid(nn.Module):
             outs.extend(self.extras(outs[-1]))
         return outs
 
-    def describe(self) -> Dict[str, Any]:
-        """The pyramid as plain data (for docs and diagrams): the ops of each output level."""
+    def describe(self) -> "PyramidDescription":
+        """The pyramid as a typed description (for docs and diagrams): the ops of each output level."""
         reductions = self.feature_info.reduction()
-        levels = [
-            {"reduction": reductions[i], "scale": 2.0 ** k, "ops": list(ops)}
-            for i, (k, ops) in enumerate(zip(self.steps, self._ops))
-        ]
-        extras = reductions[len(self.steps):]
-        return {
-            "kind": "simple_pyramid",
-            "input": {"channels": self.spec.channels[-1], "reduction": self.spec.reductions[-1],
-                      "input_levels": self.spec.num_levels, "uses": "last"},
-            "levels": levels,
-            "extra_levels": [{"reduction": r, "op": self.extra_op} for r in extras],
-        }
+        return PyramidDescription(
+            input=PyramidInput(channels=self.spec.channels[-1], reduction=self.spec.reductions[-1],
+                               input_levels=self.spec.num_levels, uses="last"),
+            levels=tuple(PyramidLevel(reduction=reductions[i], scale=2.0 ** k, ops=tuple(ops))
+                         for i, (k, ops) in enumerate(zip(self.steps, self._ops))),
+            extra_levels=tuple(PyramidExtraLevel(reduction=r, op=self.extra_op) for r in reductions[len(self.steps):]),
+        )
 
 
 def _check_single_stride(spec: FeatureSpec) -> None:
@@ -274,13 +311,14 @@ def simple_pyramid(
         ValueError: a multi-stride backbone (use ``fpn``/``pan``), bad strides/scales, or a ``then`` neck
             that rejects the pyramid.
     """
-    check_common(out_channels=out_channels, extra_levels=extra_levels, extra_op=extra_op)
+    check_knobs(out_channels=out_channels, extra_levels=extra_levels, extra_op=extra_op)
     _check_single_stride(spec)
     steps = pyramid_steps(spec.reductions[-1], out_strides, scales)
     norm_layer = resolve_norm(norm, norm_kwargs)
     pyramid = SimplePyramid(
-        spec, steps, out_channels=out_channels, norm_layer=norm_layer, act_layer=resolve_act(act, act_kwargs),
-        conv_act_layer=resolve_act(conv_act, act_kwargs), separable=bool(separable), extra_levels=extra_levels,
+        spec, steps, out_channels=out_channels, norm_layer=norm_layer,
+        act_layer=resolve_act(act, act_kwargs),  # not in place: it also runs between the extra levels
+        conv_act_layer=resolve_act(conv_act, act_kwargs, inplace=True), separable=bool(separable), extra_levels=extra_levels,
         extra_op=extra_op,
     )
     init_weights(pyramid)
