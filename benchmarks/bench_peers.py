@@ -288,15 +288,15 @@ def conv_efficiency(names: Sequence[str], reps: int) -> List[Tuple[str, float, f
     return rows
 
 
-def fuse_gain(names: Sequence[str], reps: int) -> List[Tuple[str, float, float]]:
-    """Eval latency before and after fpn_zoo.fuse_batchnorm for variants with BatchNorm."""
+def fold_gain(names: Sequence[str], reps: int) -> List[Tuple[str, float, float]]:
+    """Eval latency before and after fpn_zoo.fold_batchnorm for variants with BatchNorm."""
     import copy
 
     rows = []
     for name, neck, xs in _resnet50_necks(names):
         if not any(isinstance(m, torch.nn.BatchNorm2d) for m in neck.modules()):
             continue
-        fused = fpn_zoo.fuse_batchnorm(copy.deepcopy(neck))
+        fused = fpn_zoo.fold_batchnorm(copy.deepcopy(neck))
         t = interleaved_medians({"plain": lambda: _eval_step(neck, xs), "fused": lambda: _eval_step(fused, xs)}, reps)
         rows.append((name, t["plain"], t["fused"]))
     return rows
@@ -380,7 +380,7 @@ def render(results, inference_rows, memory_rows, notes, efficiency, folded, args
                   "| variant | neck GFLOP/s | 3x3 conv GFLOP/s | ratio |", "|---|---|---|---|"]
         lines += [f"| `{n}` | {a:.1f} | {b:.1f} | {r:.2f} |" for n, a, b, r in efficiency]
     if folded:
-        lines += ["", "## BatchNorm folding (`fpn_zoo.fuse_batchnorm`)", "",
+        lines += ["", "## BatchNorm folding (`fpn_zoo.fold_batchnorm`)", "",
                   "| variant | eval ms | folded eval ms | gain |", "|---|---|---|---|"]
         lines += [f"| `{n}` | {a * 1e3:.0f} | {b * 1e3:.0f} | {a / b:.2f}x |" for n, a, b in folded]
     return "\n".join(lines) + "\n"
@@ -420,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     names = fpn_zoo.list_necks(args.efficiency.split(",")) if args.efficiency else []
     print(f"GFLOP/s for {len(names)} variants ...", file=sys.stderr)
     efficiency = conv_efficiency(names, args.reps)
-    folded = fuse_gain(names, args.reps)
+    folded = fold_gain(names, args.reps)
     text = render(results, inference_rows, memory_rows, notes, efficiency, folded, args)
     if args.out == "-":
         print(text)

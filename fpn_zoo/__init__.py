@@ -15,7 +15,7 @@ from ._registry import (
 )
 from .graph import GraphNeck, Node, Topology
 from .inference import InferenceNeck, accelerate
-from .layers.fuse import fuse_batchnorm
+from .layers.fold import fold_batchnorm, fuse_batchnorm
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BackboneMismatch", "BackboneWithNeck", "FeatureSpec", "GraphNeck", "InferenceNeck", "accelerate", "NeckCfg", "Node", "Topology", "create_detector", "create_model", "create_neck", "detection", "fuse_batchnorm",
+    "BackboneMismatch", "BackboneWithNeck", "FeatureSpec", "GraphNeck", "InferenceNeck", "accelerate", "NeckCfg", "Node", "Topology", "create_detector", "create_model", "create_neck", "detection", "fold_batchnorm", "fuse_batchnorm",
     "get_topology", "is_neck", "list_families", "list_necks", "list_topologies", "neck_cfg", "register_neck",
     "register_topology", "register_variant", "__version__",
 ]

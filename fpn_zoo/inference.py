@@ -4,7 +4,7 @@ The default path of every neck is plain PyTorch modules: exact, trainable, expor
 :func:`accelerate` returns an *inference snapshot* of a neck:
 
 1. a copy of the neck, in eval mode, with every foldable BatchNorm folded into its conv
-   (:func:`fpn_zoo.layers.fuse.fuse_batchnorm`) and gradients off;
+   (:func:`fpn_zoo.fold_batchnorm`) and gradients off;
 2. the memory layout of its maps (``contiguous`` NCHW or ``channels_last``) chosen by **timing both on the
    running machine** with the example inputs — oneDNN picks different kernels on different CPUs, so no
    layout is right everywhere; the choice is remembered for the rest of the process per (architecture,
@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .layers.fuse import fuse_batchnorm
+from .layers.fold import fold_batchnorm as _fold_batchnorm
 
 __all__ = ["accelerate", "InferenceNeck", "LAYOUTS", "clear_layout_cache"]
 
@@ -165,7 +165,7 @@ def accelerate(
 
     module = copy.deepcopy(neck).eval()
     if fold_batchnorm:
-        fuse_batchnorm(module)
+        _fold_batchnorm(module)
     module.requires_grad_(False)
     inputs = list(example_inputs)
 
