@@ -1,7 +1,6 @@
 """``create_detector``: a torchvision detector from any timm backbone and any fpn_zoo neck, in one call."""
 from __future__ import annotations
 
-import difflib
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
@@ -10,6 +9,7 @@ from torchvision.models import detection as tvd
 from torchvision.ops import MultiScaleRoIAlign
 
 from .._factory import create_model
+from .._utils import close_matches
 from .anchors import (
     anchor_generator, fcos_anchor_sizes, fcos_size_ranges, rcnn_anchor_sizes, retinanet_anchor_sizes,
 )
@@ -33,9 +33,7 @@ def _kind(kind: Any) -> str:
         raise TypeError(f"detector kind must be a string such as 'retinanet', got {type(kind).__name__}")
     key = kind.lower().replace("_", "").replace("-", "")
     if key not in _KINDS:
-        close = difflib.get_close_matches(key, list(_KINDS), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown detector kind {kind!r}{hint} (known: {', '.join(_KINDS)})")
+        raise ValueError(f"unknown detector kind {kind!r}{close_matches(key, _KINDS)} (known: {', '.join(_KINDS)})")
     return key
 
 
