@@ -159,12 +159,13 @@ def _patterns(text: Optional[str], substring: bool = False) -> List[str]:
 
 
 def _select(text: Optional[str], substring: bool = False) -> List[str]:
-    from ._registry import _close_matches, list_necks
+    from ._registry import list_necks
+    from ._utils import close_matches
 
     patterns = _patterns(text, substring)
     names = list_necks(patterns) if patterns else list_necks()
     if not names:
-        raise CliError(f"no neck matches {text!r}{_close_matches(str(text), list_necks())}")
+        raise CliError(f"no neck matches {text!r}{close_matches(str(text), list_necks())}")
     return names
 
 
