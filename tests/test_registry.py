@@ -318,3 +318,15 @@ def test_a_family_returning_no_feature_info_is_a_type_error_naming_it(fresh_regi
     fpn_zoo.register_variant("no_info", "no_info_family", source="tests")
     with pytest.raises(TypeError, match=r"family 'no_info_family' \(from .*test_registry.*no_info_family\).*feature_info"):
         fpn_zoo.create_neck("no_info", [8, 16])
+
+
+def test_a_builtin_familys_warning_names_the_variant_asked_for():
+    import warnings
+
+    info = [dict(num_chs=16, reduction=16)] * 3  # a plain ViT's levels: the graph warns that it builds no pyramid
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fpn_zoo.create_neck("fpn", info, out_channels=8)
+    (warning,) = caught
+    assert warning.category is UserWarning and str(warning.message).startswith("neck 'fpn': ")
+    assert warning.filename == __file__
