@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ._features import FeatureSpec
-from ._registry import Family, family_args, get_family, neck_cfg
+from ._registry import Family, check_family_args, get_family, neck_cfg
 from ._utils import close_matches
 from .necks.chain import neck_builder
 
@@ -54,13 +54,7 @@ def create_neck(
         pointing at the line that called ``create_neck``.
     """
     cfg = neck_cfg(name)
-    known = family_args(cfg.family)
-    for key in overrides:  # the one check of argument names: families trust what reaches them
-        if key not in known:
-            raise ValueError(
-                f"neck {name!r} (family {cfg.family!r}) takes no argument {key!r}{close_matches(key, known)}; "
-                f"its arguments are {', '.join(known)}"
-            )
+    check_family_args(cfg.family, overrides, f"neck {name!r} (family {cfg.family!r})")
     spec = FeatureSpec.resolve(features, reductions, input_fmt)
     args = {**cfg.args, **overrides}
     neck = _build(name, get_family(cfg.family), spec, args)

@@ -8,6 +8,12 @@ entry point in the group ``fpn_zoo.necks``.
 A plugin entry point names either a module (imported; its ``@register_neck`` families register, and its
 ``NECK_VARIANTS`` attribute, if any, is read) or a callable (called with no arguments). What it yields is
 None, a path to a YAML file laid out like ``registry.yaml``, or that mapping itself.
+
+This module is a leaf: it imports no family. ``fpn_zoo/__init__.py`` imports the built-in families (their
+``@register_neck`` runs then); ``registry.yaml`` and the plugins are read on first use, once, under a lock
+(other threads wait; a plugin calling back into the registry while it loads sees what is loaded so far).
+A failed load raises and leaves the registry as it was, so the next call retries. Each registry document
+(``registry.yaml``, one plugin) registers all or nothing.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import types
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -32,7 +38,8 @@ from .graph import Topology
 
 __all__ = [
     "NeckCfg", "register_neck", "register_variant", "register_topology", "list_necks", "list_families",
-    "is_neck", "neck_cfg", "get_family", "get_topology", "list_topologies", "family_args", "registry_path",
+    "is_neck", "neck_cfg", "get_family", "get_topology", "list_topologies", "family_args", "check_family_args",
+    "registry_path",
     "PLUGIN_GROUP",
 ]
 
@@ -44,6 +51,8 @@ _ANCHOR_PREFIX = "x-"  # top-level keys holding YAML anchors for merge keys (``x
 
 @dataclass(frozen=True)
 class Family:
+    """A registered family: its name, its builder ``fn(spec, **kwargs) -> nn.Module`` and where it came from."""
+
     name: str
     builder: Callable[..., Any]
     source: str
@@ -150,6 +159,27 @@ def list_families() -> List[str]:
     return sorted(_state.families, key=_natural_key)
 
 
+def check_family_args(family: str, names: Iterable[str], owner: str) -> None:
+    """The one check of argument names: every name must be a keyword argument of ``family``'s builder.
+
+    Used for a variant's ``args`` when it is registered and for the overrides given to ``create_neck``;
+    families trust the names that reach them.
+
+    Args:
+        family: a registered family.
+        names: the argument names to check.
+        owner: who passes them, leading the message (``"neck 'fpn' (family 'fpn')"``).
+
+    Raises:
+        ValueError: ``{owner} takes no argument 'x'; did you mean ...; its arguments are ...``.
+    """
+    known = family_args(family)
+    for key in names:
+        if key not in known:
+            raise ValueError(f"{owner} takes no argument {key!r}{close_matches(key, known)}; "
+                             f"its arguments are {', '.join(known)}")
+
+
 def family_args(family: str) -> Dict[str, Any]:
     """The keyword arguments of a family and their defaults (``inspect.Parameter.empty`` if required)."""
     params = list(inspect.signature(get_family(family).builder).parameters.values())[1:]
@@ -235,14 +265,8 @@ def register_variant(
                 f"neck {name!r} ({source}) names the unknown family {family!r}"
                 f"{close_matches(family, _state.families)}"
             )
-        known = family_args(family)
         args = dict(args or {})
-        for key in args:
-            if key not in known:
-                raise ValueError(
-                    f"neck {name!r} ({source}) sets {key!r}, which family {family!r} does not take"
-                    f"{close_matches(key, known)}"
-                )
+        check_family_args(family, args, f"neck {name!r} ({source}) of family {family!r}")
         old = _state.variants.get(name)
         if old is not None and not override:
             raise ValueError(

@@ -110,7 +110,7 @@ def test_duplicate_variant_names_both_sources_and_override():
 
 
 def test_variant_with_an_argument_its_family_lacks():
-    with pytest.raises(ValueError, match=r"sets 'out_chans', which family 'fpn' does not take.*out_channels"):
+    with pytest.raises(ValueError, match=r"neck 'fpn_bad_test' \(my tests\) of family 'fpn' takes no argument 'out_chans'; did you mean 'out_channels'"):
         fpn_zoo.register_variant("fpn_bad_test", "fpn", {"out_chans": 8}, source="my tests")
 
 
