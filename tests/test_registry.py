@@ -330,3 +330,22 @@ def test_a_builtin_familys_warning_names_the_variant_asked_for():
     (warning,) = caught
     assert warning.category is UserWarning and str(warning.message).startswith("neck 'fpn': ")
     assert warning.filename == __file__
+
+
+# ------------------------------------------------------------------------------------------ composition
+
+
+def test_chain_neck_builds_with_the_function_it_is_given_and_never_imports_the_factory():
+    from fpn_zoo.necks.chain import ChainedNeck, chain_neck
+
+    first = fpn_zoo.create_neck("simple_pyramid", fpn_zoo.FeatureSpec((16,), (16,)), out_channels=8)
+    calls = []
+
+    def build(name, features, **overrides):
+        calls.append((name, overrides))
+        return fpn_zoo.create_neck(name, features, **overrides)
+
+    chained = chain_neck(first, "fpn", {"smooth_depth": 2}, inherit={"out_channels": 8}, build=build)
+    assert isinstance(chained, ChainedNeck) and calls == [("fpn", {"out_channels": 8, "smooth_depth": 2})]
+    with pytest.raises(TypeError, match="needs build="):  # outside create_neck, nothing is lent
+        chain_neck(first, "fpn")

@@ -53,6 +53,7 @@ import torch
 
 import fpn_zoo
 from fpn_zoo import FeatureSpec
+from fpn_zoo._text import Progress
 
 ODD_SIZE = (97, 129)
 EVEN_SIZE = (96, 128)  # for backbones that need sizes divisible by 32
@@ -478,28 +479,20 @@ def select_variants(patterns: Sequence[str] = ()) -> List[str]:
     return names
 
 
-class Progress:
-    """A one-line progress bar on stderr."""
+class _FamilyProgress:
+    """The sweep's progress on a terminal (nothing when stderr is a file): families done, time, failures."""
 
-    def __init__(self, total: int, enabled: bool = True, width: int = 30) -> None:
-        self.total, self.enabled, self.width = total, enabled, width
-        self.done, self.start = 0, time.perf_counter()
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.bar = Progress("sweep", enabled=enabled)
+        self.total, self.done, self.start = total, 0, time.perf_counter()
 
     def step(self, label: str, failed: int = 0) -> None:
         self.done += 1
-        if not self.enabled:
-            return
-        filled = int(self.width * self.done / max(1, self.total))
         elapsed = time.perf_counter() - self.start
         eta = elapsed / self.done * (self.total - self.done)
-        line = (
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
-            f"{elapsed:5.0f}s eta {eta:5.0f}s fail {failed}  {label[:28]:<28}"
-        )
-        sys.stderr.write(line)
+        self.bar(self.done, self.total, f"{elapsed:5.0f}s eta {eta:5.0f}s fail {failed}  {label[:28]}")
         if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            self.bar.close()
 
 
 @dataclass
@@ -536,7 +529,7 @@ def run_sweep(
 ) -> SweepResult:
     """Check ``variants`` on one backbone of each family (``jobs`` families at a time, in subprocesses)."""
     start = time.perf_counter()
-    bar = Progress(len(families), progress)
+    bar = _FamilyProgress(len(families), progress)
     results: Dict[str, FamilyResult] = {}
     failed = 0
     if jobs <= 1:
