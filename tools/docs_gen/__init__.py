@@ -1,4 +1,6 @@
-"""The documentation in ``docs/``, generated from the registry and the built modules (``python -m tools.docs_gen``, from the repository root).
+"""The documentation in ``docs/``, generated from the registry and the built modules.
+
+Run ``python -m tools.docs_gen`` (``--check`` to compare instead of writing) from the repository root.
 
 Nothing here is written per variant: every page comes from :func:`fpn_zoo.list_necks`, :func:`neck_cfg`,
 the family builders' signatures and docstrings, and necks built on a reference backbone.
@@ -44,7 +46,7 @@ __all__ = [
     "Bench", "generate", "write", "check", "readme_table", "sync_readme", "default_docs_dir", "select_necks",
 ]
 
-Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
+ProgressFn = Callable[[int, int, str], None]  # (done, total, what) -> None
 
 
 def generate(
@@ -55,7 +57,7 @@ def generate(
     latency_reps: int = 5,
     questions: bool = True,
     threads: Optional[int] = 1,
-    progress: Optional[Progress] = None,
+    progress: Optional[ProgressFn] = None,
 ) -> Dict[str, str]:
     """Build every page; returns ``{relative path: markdown}``.
 
@@ -78,7 +80,7 @@ def generate(
 
 
 def _generate(names: Union[str, Sequence[str], None], reference: Reference, fallbacks: Sequence[Reference],
-              latency_reps: int, questions: bool, progress: Optional[Progress]) -> Dict[str, str]:
+              latency_reps: int, questions: bool, progress: Optional[ProgressFn]) -> Dict[str, str]:
     selected = select_necks(names) if names is None or isinstance(names, str) else list_necks(list(names))
     if not selected:
         raise ValueError(f"no registered neck matches {names!r}")
