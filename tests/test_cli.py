@@ -100,6 +100,7 @@ def test_bench_plot_is_written_or_explained_in_one_line(capsys, tmp_path, monkey
     (["bench", "--reps", "0"], "positive integer"),
     (["list", "--bogus"], "unrecognized arguments"),
     (["frobnicate"], "invalid choice"),
+    (["docs", "--check"], "invalid choice"),  # the docs generator is repository tooling: python -m tools.docs_gen
 ])
 def test_mistakes_are_one_line_and_a_nonzero_exit(capsys, argv, expected):
     code, out, err = run(capsys, *argv)
