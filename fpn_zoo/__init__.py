@@ -7,6 +7,7 @@ Example:
     >>> [f.shape[1:] for f in neck(backbone(torch.rand(1, 3, 64, 64)))]
     [torch.Size([64, 8, 8]), torch.Size([64, 4, 4]), torch.Size([64, 2, 2])]
 """
+from . import necks  # noqa: F401  (registers the built-in families, as timm's models/__init__ imports its models)
 from ._factory import BackboneWithNeck, create_model, create_neck
 from ._features import BackboneMismatch, FeatureSpec
 from ._registry import (

@@ -1,14 +1,17 @@
 """Building necks by name, and backbone + neck models that look like timm ``features_only`` models."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ._features import FeatureSpec
-from ._registry import _close_matches, family_args, get_family, neck_cfg
+from ._registry import Family, check_family_args, get_family, neck_cfg
+from ._utils import close_matches
+from .necks.chain import neck_builder
 
 __all__ = ["create_neck", "create_model", "BackboneWithNeck"]
 
@@ -43,29 +46,37 @@ def create_neck(
 
     Raises:
         ValueError: unknown name or argument (with close matches), or arguments the family rejects.
-        TypeError: ``features`` is of no known kind.
+        TypeError: ``features`` is of no known kind, or the family (e.g. a plugin's) returned something that is
+            not a neck with a timm-style ``feature_info``.
+
+    Warnings:
+        A warning the family gives while building is re-issued as ``neck 'NAME': ...`` (same category),
+        pointing at the line that called ``create_neck``.
     """
     cfg = neck_cfg(name)
-    known = family_args(cfg.family)
-    for key in overrides:
-        if key not in known:
-            raise ValueError(
-                f"neck {name!r} (family {cfg.family!r}) takes no argument {key!r}{_close_matches(key, known)}; "
-                f"its arguments are {', '.join(known)}"
-            )
+    check_family_args(cfg.family, overrides, f"neck {name!r} (family {cfg.family!r})")
     spec = FeatureSpec.resolve(features, reductions, input_fmt)
     args = {**cfg.args, **overrides}
-    family = get_family(cfg.family)
-    neck = family.builder(spec, **args)
-    info = getattr(neck, "feature_info", None)
-    if not isinstance(neck, nn.Module) or not (hasattr(info, "channels") and hasattr(info, "reduction")):
-        got = type(neck).__name__ if not isinstance(neck, nn.Module) else f"a {type(neck).__name__} without one"
-        raise TypeError(
-            f"neck family {cfg.family!r} (registered by {family.source}) must return an nn.Module with a "
-            f"timm-style feature_info (channels(), reduction(); fpn_zoo._features.make_feature_info builds one), "
-            f"got {got}"
-        )
+    neck = _build(name, get_family(cfg.family), spec, args)
     neck.neck_cfg = replace(cfg, args=args)
+    return neck
+
+
+def _build(name: str, family: Family, spec: FeatureSpec, args: Dict[str, Any]) -> nn.Module:
+    """Run the family builder, naming the variant in its warnings and checking it returned a neck."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with neck_builder(create_neck):  # a family composing necks (``then``) builds the second one with this
+            neck = family.builder(spec, **args)
+    for w in caught:  # outside catch_warnings: the user's filters apply again
+        warnings.warn(f"neck {name!r}: {w.message}", w.category, stacklevel=3)
+    info = getattr(neck, "feature_info", None)
+    if not isinstance(neck, nn.Module) or not (callable(getattr(info, "channels", None))
+                                               and callable(getattr(info, "reduction", None))):
+        raise TypeError(
+            f"neck family {family.name!r} (from {family.source}) returned {type(neck).__name__}, not a neck: "
+            "a family must return an nn.Module with a timm-style feature_info (channels(), reduction())"
+        )
     return neck
 
 
@@ -115,6 +126,8 @@ def create_model(
     if isinstance(backbone, str):
         import timm
 
+        if ":" not in backbone and not timm.is_model(backbone):  # "hf-hub:..." names are timm's to resolve
+            raise ValueError(f"unknown timm model {backbone!r}{close_matches(backbone, timm.list_models(), cutoff=0.6)}")
         if out_indices is not None:
             backbone_kwargs["out_indices"] = tuple(out_indices)
         model = timm.create_model(backbone, features_only=True, pretrained=pretrained, **backbone_kwargs)

@@ -1,9 +1,8 @@
-"""The ``fpn-zoo`` command: list, inspect, benchmark and document the registered necks.
+"""The ``fpn-zoo`` command: list, inspect and benchmark the registered necks.
 
     fpn-zoo list [FILTER]                                   # variants with family and summary
     fpn-zoo info NAME [--backbone B] [--size S]             # output levels, params, GFLOPs
     fpn-zoo bench [--necks PATTERN] [--size S] [--plot F]   # params, GFLOPs, CPU latency
-    fpn-zoo docs [--check] [--out DIR]                      # regenerate docs/ or check it is current
 
 Every command works from the registry (:func:`fpn_zoo.list_necks`), so plugins and new families show up
 without changes here. Backbones are timm ``features_only`` models built without pretrained weights;
@@ -22,9 +21,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ._text import Progress, format_table
 
 __all__ = ["main", "CliError"]
 
@@ -41,53 +41,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "", max_width: Optional[int] = None) -> str:
-    """A plain-text table; the last column is cut to ``max_width`` characters in total."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    align = align.ljust(len(headers), "l")
-    if max_width is not None:
-        fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-        widths[-1] = max(10, min(widths[-1], max_width - fixed))
-    lines = []
-    for r in cells:
-        parts = []
-        for i, c in enumerate(r):
-            if len(c) > widths[i]:
-                c = c[: widths[i] - 3] + "..."
-            parts.append(c.rjust(widths[i]) if align[i] == "r" else c.ljust(widths[i]))
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-class _Progress:
-    """A one-line progress bar on stderr: ``bench [#######.......] 12/40 fpn_p6p7``."""
-
-    def __init__(self, label: str, enabled: bool = True, stream: Optional[TextIO] = None) -> None:
-        self.label = label
-        self.enabled = enabled
-        self.stream = stream if stream is not None else sys.stderr
-        self.shown = False
-
-    def __call__(self, done: int, total: int, what: str = "") -> None:
-        if not self.enabled:
-            return
-        total = max(total, 1)
-        width = 24
-        filled = int(width * min(done, total) / total)
-        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what}"
-        columns = shutil.get_terminal_size((100, 20)).columns
-        self.stream.write("\r" + line[: columns - 1].ljust(columns - 1))
-        self.stream.flush()
-        self.shown = True
-
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.shown = False
 
 
 def _size(text: str) -> Tuple[int, int]:
@@ -159,12 +112,13 @@ def _patterns(text: Optional[str], substring: bool = False) -> List[str]:
 
 
 def _select(text: Optional[str], substring: bool = False) -> List[str]:
-    from ._registry import _close_matches, list_necks
+    from ._registry import list_necks
+    from ._utils import close_matches
 
     patterns = _patterns(text, substring)
     names = list_necks(patterns) if patterns else list_necks()
     if not names:
-        raise CliError(f"no neck matches {text!r}{_close_matches(str(text), list_necks())}")
+        raise CliError(f"no neck matches {text!r}{close_matches(str(text), list_necks())}")
     return names
 
 
@@ -185,7 +139,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             raise CliError(f"no neck of family {args.family!r} matches {args.filter or '*'!r}")
     rows = [[n, neck_cfg(n).family, neck_cfg(n).summary] for n in names]
     width = shutil.get_terminal_size((120, 20)).columns if sys.stdout.isatty() else 160
-    print(_table(["variant", "family", "summary"], rows, max_width=width))
+    print(format_table(["variant", "family", "summary"], rows, max_width=width))
     return 0
 
 
@@ -217,7 +171,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {key:<9}{value}")
     print()
     rows = [[k, c, s, f"{h}x{w}"] for k, (c, s, (h, w)) in enumerate(stats.outputs)]
-    print(_table(["output", "channels", "stride", "size"], rows, "rrrr"))
+    print(format_table(["output", "channels", "stride", "size"], rows, "rrrr"))
     print()
     print(f"params  {stats.params:,} ({stats.mparams:.3f} M, neck only)")
     print(f"GFLOPs  {stats.gflops:.3f} (neck only, batch 1, FlopCounterMode: 2 per multiply-add)")
@@ -238,7 +192,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ._factory import create_neck
     from .measure import neck_stats, time_interleaved
 
     names = _select(args.necks)
@@ -249,29 +202,31 @@ def _bench(args: argparse.Namespace) -> int:
         from .measure import backbone_features
 
         feats = backbone_features(backbone, ref.size, batch=args.batch)
-    progress = _Progress("bench", enabled=not args.quiet)
-    total = len(names) * (1 + args.reps)
-    necks, stats, skipped = {}, {}, []
+    necks, declined, skipped = _build_necks(names, backbone, overrides)
+    if not necks:
+        why = skipped[0] if skipped else declined[0]
+        raise CliError(f"none of {len(names)} necks builds on {ref.describe()}: {why[0]}: {why[1]}")
+    # The bar's total is known before anything is measured: one stats pass and `reps` timed calls per neck.
+    progress = Progress("bench", enabled=not args.quiet)
+    total, done = len(necks) * (1 + args.reps), 0
+
+    def step(name: str) -> None:
+        nonlocal done
+        done += 1
+        progress(done, total, name)
+
+    stats = {}
     try:
-        for i, name in enumerate(names):
+        for name, neck in list(necks.items()):
             try:
-                torch.manual_seed(0)
-                neck = create_neck(name, backbone, **overrides).eval()
                 stats[name] = neck_stats(name, neck, feats, ref.size)
-                necks[name] = neck
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, RuntimeError) as e:  # builds but does not run: a bug, reported
                 skipped.append((name, " ".join(str(e).split())))
-            progress(i + 1, total, name)
+                del necks[name]
+                total -= args.reps
+            step(name)
         if not necks:
-            raise CliError(f"none of {len(names)} necks builds on {ref.describe()}: {skipped[0][0]}: {skipped[0][1]}")
-        total = len(names) + len(necks) * args.reps
-        done = len(names)
-
-        def step(name: str) -> None:
-            nonlocal done
-            done += 1
-            progress(done, total, name)
-
+            raise CliError(f"none of {len(names)} necks runs on {ref.describe()}: {skipped[-1][0]}: {skipped[-1][1]}")
         fns = {name: (lambda n=neck: n(list(feats))) for name, neck in necks.items()}
         seconds = time_interleaved(fns, reps=args.reps, warmup=args.warmup, on_step=step)
     finally:
@@ -286,12 +241,42 @@ def _bench(args: argparse.Namespace) -> int:
     rows = [[r[0], f"{r[1]:.3f}", f"{r[2]:.3f}", f"{r[3]:.2f}", r[4]] for r in rows]
     print(f"# necks alone on {ref.describe()}, batch {args.batch}; latency: median of {args.reps} interleaved "
           f"rounds, {torch.get_num_threads()} CPU thread(s)")
-    print(_table(["neck", "params (M)", "GFLOPs", "latency (ms)", "strides"], rows, "lrrrl"))
+    print(format_table(["neck", "params (M)", "GFLOPs", "latency (ms)", "strides"], rows, "lrrrl"))
+    if declined:
+        print(f"skipped {len(declined)} variant(s) that decline {ref.backbone}: {', '.join(n for n, _ in declined)}",
+              file=sys.stderr)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if args.plot:
         _plot(args.plot, [(n, stats[n].mparams, seconds[n] * 1e3) for n in ranked], ref.describe())
     return 0
+
+
+def _build_necks(names: Sequence[str], backbone: Any, overrides: Dict[str, Any]):
+    """Build every neck before anything is timed.
+
+    Returns:
+        ``(necks, declined, skipped)``: the built necks by name (in eval mode); ``(name, reason)`` for the
+        variants that decline this backbone (:class:`fpn_zoo.BackboneMismatch`); and for the ones that fail
+        to build for another reason (a bad override ...).
+    """
+    import torch
+
+    from ._factory import create_neck
+    from ._features import BackboneMismatch
+
+    necks: Dict[str, Any] = {}
+    declined: List[Tuple[str, str]] = []
+    skipped: List[Tuple[str, str]] = []
+    for name in names:
+        torch.manual_seed(0)
+        try:
+            necks[name] = create_neck(name, backbone, **overrides).eval()
+        except BackboneMismatch as e:
+            declined.append((name, " ".join(str(e).split())))
+        except (ValueError, TypeError) as e:
+            skipped.append((name, " ".join(str(e).split())))
+    return necks, declined, skipped
 
 
 def _plot(path: str, points: List[Tuple[str, float, float]], title: str) -> None:
@@ -319,47 +304,13 @@ def _plot(path: str, points: List[Tuple[str, float, float]], title: str) -> None
     print(f"plot written to {path}", file=sys.stderr)
 
 
-def cmd_docs(args: argparse.Namespace) -> int:
-    from . import docs_gen
-
-    out = Path(args.out) if args.out else docs_gen.default_docs_dir()
-    names = _select(args.necks) if args.necks else None
-    prune = names is None
-    progress = _Progress("docs", enabled=not args.quiet)
-    start = time.perf_counter()
-    try:
-        files = docs_gen.generate(names, latency_reps=0 if args.check else args.reps, questions=not args.necks,
-                                  progress=progress)
-    finally:
-        progress.close()
-    readme = out.parent / "README.md"
-    sync_readme = prune and readme.is_file() and docs_gen.README_START in readme.read_text(encoding="utf-8")
-    if args.check:
-        stale = docs_gen.check(out, files, prune=prune)
-        if sync_readme and not docs_gen.sync_readme(readme, check=True):
-            stale.append(f"{readme}: variant table differs")
-        if stale:
-            print(f"{PROG}: {len(stale)} stale file(s) in {out} (run `{PROG} docs` to regenerate):", file=sys.stderr)
-            for line in stale:
-                print(f"  {line}", file=sys.stderr)
-            return 1
-        print(f"{out}: {len(files)} generated files are current (latency not compared)", file=sys.stderr)
-        return 0
-    touched = docs_gen.write(out, files, prune=prune)
-    if sync_readme:
-        docs_gen.sync_readme(readme, check=False)
-    print(f"{out}: {len(files)} files generated, {len(touched)} changed, in {time.perf_counter() - start:.1f} s",
-          file=sys.stderr)
-    return 0
-
-
 # ------------------------------------------------------------------------------------------ parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .measure import DEFAULT_BACKBONE, DEFAULT_SIZE
 
-    parser = _Parser(prog=PROG, description="Feature-pyramid necks for timm backbones: list, inspect, benchmark, document.")
+    parser = _Parser(prog=PROG, description="Feature-pyramid necks for timm backbones: list, inspect, benchmark.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -395,15 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("docs", help="regenerate docs/ from the registry, or --check that it is current")
-    p.add_argument("--check", action="store_true",
-                   help="exit 1 listing stale files instead of writing (latency cells are not compared)")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: the checkout's docs/)")
-    p.add_argument("--necks", "-n", default="", metavar="PATTERN",
-                   help="only these variants (a partial tree: no questions page, no pruning); for quick checks")
-    p.add_argument("--reps", type=_positive, default=5, help="latency rounds (default 5)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_docs)
     return parser
 
 

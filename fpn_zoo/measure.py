@@ -15,7 +15,6 @@ Example:
 """
 from __future__ import annotations
 
-import difflib
 import statistics
 import time
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from ._utils import close_matches
 
 __all__ = [
     "DEFAULT_BACKBONE", "DEFAULT_OUT_INDICES", "DEFAULT_SIZE", "Reference", "NeckStats", "load_backbone",
@@ -115,9 +116,7 @@ def load_backbone(name: str, out_indices: OutIndices = DEFAULT_OUT_INDICES, **kw
     import timm
 
     if not timm.is_model(name):
-        matches = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-        raise ValueError(f"unknown timm backbone {name!r}{hint}")
+        raise ValueError(f"unknown timm backbone {name!r}{close_matches(name, timm.list_models(), cutoff=0.6)}")
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
     try:

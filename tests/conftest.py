@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+
+# The repository's tooling (tools/: docs generator, sweep) is not installed; tests import it from the checkout.
+# Appended, not prepended: an installed fpn_zoo stays the one under test.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
 
 torch.set_num_threads(1)  # tiny tensors gain nothing from threads, and lose a lot on a loaded machine
 

@@ -1,6 +1,8 @@
 """The ``fpn-zoo`` command line: list, info, bench run; mistakes are one line on stderr and a non-zero exit."""
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 import sys
 
@@ -44,7 +46,7 @@ def test_info_reports_the_built_necks_levels_and_params(capsys):
     assert "GFLOPs" in out
 
 
-def test_bench_two_necks_prints_a_row_each_and_a_progress_bar(capsys):
+def test_bench_two_necks_prints_a_row_each_and_no_progress_bar_off_a_terminal(capsys):
     code, out, err = run(capsys, "bench", "--necks", "fpn,pan_bn*", "--size", "64", "--reps", "1", "--warmup", "0")
     assert code == 0
     names = [line.split()[0] for line in out.splitlines()[2:]]
@@ -52,7 +54,26 @@ def test_bench_two_necks_prints_a_row_each_and_a_progress_bar(capsys):
     for line in out.splitlines()[2:]:
         params, gflops, latency = (float(x) for x in line.split()[1:4])
         assert params > 0 and gflops > 0 and latency > 0
-    assert "4/4" in err  # 2 builds + 2 timed calls
+    assert err == ""  # stderr is no terminal here: no \r frames filling a log
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_bench_decides_what_declines_the_backbone_before_timing_so_the_bar_total_holds(capsys, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code = main(["bench", "--necks", "fpn,simple_pyramid,pan", "--size", "64", "--reps", "2", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["fpn", "pan"]
+    err = terminal.getvalue()
+    frames = re.findall(r"\] (\d+)/(\d+) ", err)
+    assert frames and {total for _, total in frames} == {"6"}  # 2 necks x (1 stats pass + 2 timed calls)
+    assert [int(done) for done, _ in frames] == list(range(1, 7))
+    assert "skipped 1 variant(s) that decline resnet18: simple_pyramid" in err
 
 
 def test_bench_plot_is_written_or_explained_in_one_line(capsys, tmp_path, monkeypatch):
@@ -79,6 +100,7 @@ def test_bench_plot_is_written_or_explained_in_one_line(capsys, tmp_path, monkey
     (["bench", "--reps", "0"], "positive integer"),
     (["list", "--bogus"], "unrecognized arguments"),
     (["frobnicate"], "invalid choice"),
+    (["docs", "--check"], "invalid choice"),  # the docs generator is repository tooling: python -m tools.docs_gen
 ])
 def test_mistakes_are_one_line_and_a_nonzero_exit(capsys, argv, expected):
     code, out, err = run(capsys, *argv)

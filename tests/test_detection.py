@@ -262,19 +262,6 @@ def test_import_fpn_zoo_stays_free_of_mmdet():
     assert out.stdout.strip() == "False"
 
 
-def test_a_plugin_family_without_feature_info_is_named():
-    """A family returning a plain module used to fail deep in create_model (AttributeError: feature_info)."""
-    @fpn_zoo.register_neck("detect_test_plain_family")
-    def plain_family(spec, *, out_channels: int = 8):
-        return nn.Identity()
-
-    fpn_zoo.register_variant("detect_test_plain", "detect_test_plain_family", {})
-    with pytest.raises(TypeError, match=r"family 'detect_test_plain_family' \(registered by .*feature_info"):
-        fpn_zoo.create_neck("detect_test_plain", [8, 16])
-    with pytest.raises(TypeError, match="detect_test_plain_family"):
-        fpn_zoo.create_model("test_resnet", neck="detect_test_plain")
-
-
 def test_the_detection_docs_page_runs_as_written():
     """Every Python block of docs/detection.md, in order, in one namespace (but the marked mmdet one)."""
     import re

@@ -7,11 +7,12 @@ from dataclasses import replace
 import pytest
 
 import fpn_zoo
-from fpn_zoo import _registry, docs_gen
-from fpn_zoo.cli import main
+from fpn_zoo import _registry
 from fpn_zoo.diagram import NODE_PREFIX, mermaid
 from fpn_zoo.graph import GraphNeck
 from fpn_zoo.measure import Reference
+from tools import docs_gen
+from tools.docs_gen.__main__ import main
 
 SMALL = Reference(size=(64, 64))  # resnet18 (2, 3, 4) at 64 px: the docs machinery without the cost
 PYRAMID = fpn_zoo.FeatureSpec((16, 24, 32), (8, 16, 32))
@@ -76,7 +77,7 @@ def test_pages_come_from_the_registry_and_the_built_module():
     for key in cfg.args:
         assert f"| `{key}` |" in page
     assert "**`2`**" in page  # extra_levels differs from the family default: shown in bold
-    neck = fpn_zoo.create_neck("fpn_p6p7", docs_gen._Bench().get(SMALL)[0])
+    neck = fpn_zoo.create_neck("fpn_p6p7", docs_gen.Bench().get(SMALL)[0])
     rows = re.findall(r"^\| (\d+) \| (\d+) \| (\d+) \| \d+x\d+ \|$", page, re.M)
     assert [(int(c), int(s)) for _, c, s in rows] == list(zip(neck.feature_info.channels(), neck.feature_info.reduction()))
     assert "```mermaid\n" + mermaid(neck) in page
@@ -124,11 +125,11 @@ def test_questions_page_measures_channels_depth_and_direction():
     assert "| 64 channels | " in text and "1.00x" in text
 
 
-def test_cli_docs_writes_then_checks(tmp_path, capsys):
-    assert main(["docs", "--out", str(tmp_path), "--necks", "fpn_bn*", "--check", "-q"]) == 1
+def test_docs_command_writes_then_checks(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--necks", "fpn_bn*", "--check", "-q"]) == 1
     assert "missing" in capsys.readouterr().err
-    assert main(["docs", "--out", str(tmp_path), "--necks", "fpn_bn*", "--reps", "1", "-q"]) == 0
-    assert main(["docs", "--out", str(tmp_path), "--necks", "fpn_bn*", "--check", "-q"]) == 0
+    assert main(["--out", str(tmp_path), "--necks", "fpn_bn*", "--reps", "1", "-q"]) == 0
+    assert main(["--out", str(tmp_path), "--necks", "fpn_bn*", "--check", "-q"]) == 0
     pages = sorted(p.name for p in (tmp_path / "necks").iterdir())
     assert pages == [f"{n}.md" for n in sorted(fpn_zoo.list_necks("fpn_bn*"))]
 
@@ -142,8 +143,6 @@ def test_the_example_on_a_page_runs_and_prints_what_it_says(capsys):
 
 
 def test_readme_variant_table_lists_every_variant_and_check_catches_a_stale_one(tmp_path):
-    from fpn_zoo import docs_gen
-
     table = docs_gen.readme_table()
     for name in fpn_zoo.list_necks():
         assert f"[`{name}`](docs/necks/{name}.md)" in table

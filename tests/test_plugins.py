@@ -22,14 +22,27 @@ NECK_VARIANTS = {
                             "summary": "from a plugin", "paper": "https://example.org", "tags": ["plugin"]},
     },
     "topologies": {
-        "plugin_two_level": {"num_levels": 2, "outputs": [4, 5], "nodes": [
-            {"name": "td1", "level": 1, "inputs": [1], "smooth": False},
-            {"name": "td0", "level": 0, "inputs": [0, 2], "smooth": False},
-            {"name": "out0", "level": 0, "inputs": [3]},
-            {"name": "out1", "level": 1, "inputs": [2]},
+        "plugin_two_level": {"num_levels": 2, "outputs": ["out0", "out1"], "nodes": [
+            {"name": "td1", "level": 1, "inputs": ["in1"], "smooth": False},
+            {"name": "td0", "level": 0, "inputs": ["in0", "td1"], "smooth": False},
+            {"name": "out0", "level": 0, "inputs": ["td0"]},
+            {"name": "out1", "level": 1, "inputs": ["td1"]},
         ]},
     },
 }
+'''
+
+HALF_PLUGIN_MODULE = '''
+import fpn_zoo
+
+@fpn_zoo.register_neck("half_plugin_family")
+def half_plugin_family(spec, *, out_channels: int = 16):
+    return fpn_zoo.create_neck("fpn", spec, out_channels=out_channels)
+
+NECK_VARIANTS = {"necks": {
+    "half_first": {"family": "half_plugin_family"},
+    "half_second": {"family": "half_plugin_family", "tags": "not-a-list"},
+}}
 '''
 
 
@@ -56,6 +69,10 @@ def test_plugin_adds_families_and_variants_and_a_broken_one_only_warns(tmp_path)
         [fpn_zoo.necks]
         broken = broken_plugin
         """, {"broken_plugin.py": "raise ImportError('this plugin is broken on purpose')\n"})
+    make_distribution(tmp_path, "fpn_zoo_half_plugin", """
+        [fpn_zoo.necks]
+        half = half_plugin
+        """, {"half_plugin.py": HALF_PLUGIN_MODULE})
     make_distribution(tmp_path, "fpn_zoo_yaml_plugin", """
         [fpn_zoo.necks]
         yaml_only = yaml_plugin:variants_file
@@ -71,9 +88,14 @@ def test_plugin_adds_families_and_variants_and_a_broken_one_only_warns(tmp_path)
             import fpn_zoo
             names = fpn_zoo.list_necks()
         neck = fpn_zoo.create_neck("plugin_fpn_wide", [8, 16])
+        try:
+            fpn_zoo.create_neck("half_first", [8, 16])
+        except ValueError as e:
+            half_error = str(e)
         outs = neck([torch.rand(1, 8, 8, 8), torch.rand(1, 16, 4, 4)])
         print(json.dumps({
-            "names": names, "warnings": [str(w.message) for w in caught],
+            "names": names, "warnings": [str(w.message) for w in caught], "half_error": half_error,
+            "warning_files": [w.filename for w in caught], "families": fpn_zoo.list_families(),
             "channels": [o.shape[1] for o in outs], "yaml_args": fpn_zoo.neck_cfg("pan_from_yaml_plugin").args["out_channels"],
             "source": fpn_zoo.neck_cfg("plugin_fpn_wide").source, "topologies": fpn_zoo.list_topologies(),
         }))
@@ -88,6 +110,12 @@ def test_plugin_adds_families_and_variants_and_a_broken_one_only_warns(tmp_path)
     assert "plugin_two_level" in report["topologies"]
     broken = [w for w in report["warnings"] if "broken" in w]
     assert broken and "fpn_zoo_broken_plugin" in broken[0] and "broken on purpose" in broken[0]
+    # all or nothing: the half-valid plugin leaves neither its first variant nor its family behind
+    assert "half_first" not in report["names"] and "half_plugin_family" not in report["families"]
+    assert "plugin 'half'" in report["half_error"] and "fpn_zoo_half_plugin" in report["half_error"]
+    assert "failed to load" in report["half_error"] and "did you mean" not in report["half_error"]
+    # the warnings point at the plugins' own files, not at fpn_zoo's registry
+    assert sorted(Path(f).name for f in report["warning_files"]) == ["broken_plugin.py", "half_plugin.py"]
 
 
 def test_plugin_redefining_a_builtin_name_is_reported_with_both_sources(tmp_path):

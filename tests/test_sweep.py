@@ -1,17 +1,13 @@
-"""The backbone sweep (``scripts/sweep.py``): every neck variant on timm model families.
+"""The backbone sweep (``tools/sweep.py``, imported as a module): every neck variant on timm model families.
 
 The default suite runs every variant on a handful of families chosen for their shapes (a 5-level CNN
 pyramid from stride 2, NHWC maps, single-stride ViTs, strides 7, 8, 12/17, 7/14/14) at a small odd size
 (33 x 49: odd map sizes at every level) on timm's default levels; ``pytest -m sweep`` runs every timm
 family at the script's size (97 x 129) on both level sets, one test per family
 (``pytest -m sweep -k swin`` for one). A failure names the backbone, the variant, the stage and
-the error; ``python scripts/sweep.py --families FAMILY --necks VARIANT`` reproduces it.
+the error; ``python -m tools.sweep --families FAMILY --necks VARIANT`` reproduces it.
 """
 from __future__ import annotations
-
-import importlib.util
-import pathlib
-import sys
 
 import pytest
 import timm
@@ -19,19 +15,8 @@ import torch
 from torch import nn
 
 import fpn_zoo
+from tools import sweep  # the repository root is on sys.path (tests/conftest.py)
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sweep.py"
-
-
-def _load_sweep():
-    spec = importlib.util.spec_from_file_location("fpn_zoo_sweep_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = _load_sweep()
 VARIANTS = fpn_zoo.list_necks()
 
 # family -> pinned model (small, and the shape that makes the family interesting).
@@ -139,7 +124,7 @@ def test_report_lists_failures_and_counts() -> None:
         sweep.Check("fpn", "all", sweep.OK),
         sweep.Check("pan", "all", sweep.FAILED, "forward (train)", "RuntimeError: bad"),
     ]
-    text = sweep.render_report(sweep.SweepResult([result], ["fpn", "pan"], 1.0), "python scripts/sweep.py")
+    text = sweep.render_report(sweep.SweepResult([result], ["fpn", "pan"], 1.0), "python -m tools.sweep")
     assert "RuntimeError: bad" in text and "failed 1" in text
     assert f"timm {timm.__version__}" in text and f"torch {torch.__version__}" in text
 

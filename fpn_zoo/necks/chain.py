@@ -5,6 +5,10 @@ use is a single-stride ViT: :mod:`~fpn_zoo.necks.simple_pyramid` makes the multi
 a multi-scale neck (FPN, BiFPN, CSP-PAN ...) then fuses them. A family opts in with the knobs
 ``then`` (a registered variant name) and ``then_args`` (overrides for it), and :func:`chain_neck` does the rest.
 
+This module sits below the factory: it never imports it. :func:`chain_neck` builds the second neck with the
+``build`` function it is given, or, inside a family builder run by :func:`fpn_zoo.create_neck`, with the one
+the factory lends for that build (:func:`neck_builder`).
+
 Example:
     >>> import torch, fpn_zoo
     >>> neck = fpn_zoo.create_neck("simple_pyramid_fpn", fpn_zoo.FeatureSpec((64,), (16,)), out_channels=32)
@@ -15,12 +19,31 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ChainedNeck", "chain_neck", "describe_neck"]
+from .._registry import family_args, neck_cfg
+
+__all__ = ["ChainedNeck", "chain_neck", "describe_neck", "neck_builder", "BuildNeck"]
+
+BuildNeck = Callable[..., nn.Module]
+"""``build(name, features, **overrides) -> neck``: the signature of :func:`fpn_zoo.create_neck`."""
+
+_lent_builder: ContextVar[Optional[BuildNeck]] = ContextVar("fpn_zoo_neck_builder", default=None)
+
+
+@contextlib.contextmanager
+def neck_builder(build: BuildNeck) -> Iterator[None]:
+    """Lend ``build`` to :func:`chain_neck` calls made inside this block (the factory does, around a family)."""
+    token = _lent_builder.set(build)
+    try:
+        yield
+    finally:
+        _lent_builder.reset(token)
 
 
 def describe_neck(neck: nn.Module) -> Dict[str, Any]:
@@ -76,6 +99,7 @@ def chain_neck(
     *,
     inherit: Optional[Mapping[str, Any]] = None,
     owner: str = "neck",
+    build: Optional[BuildNeck] = None,
 ) -> nn.Module:
     """Put the registered variant ``then`` on top of ``first`` (or return ``first`` when ``then`` is None).
 
@@ -86,14 +110,13 @@ def chain_neck(
         inherit: values passed on to ``then`` when its family takes them and ``then_args`` does not set them
             (e.g. ``out_channels``, so the chain's width follows the first neck's knob).
         owner: the family asking, named in errors.
+        build: builds the second neck (:func:`fpn_zoo.create_neck`); by default the one the factory lends
+            while it runs a family builder.
 
     Raises:
         TypeError: ``then`` is not a string or ``then_args`` not a mapping.
         ValueError: ``then`` is unknown or rejects the first neck's outputs (with the reason).
     """
-    from .._factory import create_neck  # noqa: PLC0415  (the factory imports the registry, which imports necks)
-    from .._registry import family_args, neck_cfg  # noqa: PLC0415
-
     if then is None:
         if then_args:
             raise ValueError(f"{owner}: then_args={dict(then_args)!r} is set but then is None (no second neck)")
@@ -108,8 +131,11 @@ def chain_neck(
         raise ValueError(f"{owner}: then={then!r}: {e}") from None
     args = {k: v for k, v in (inherit or {}).items() if k in known}
     args.update(then_args or {})
+    build = build or _lent_builder.get()
+    if build is None:
+        raise TypeError(f"{owner}: chain_neck needs build= (e.g. fpn_zoo.create_neck) outside create_neck")
     try:
-        second = create_neck(then, first, **args)
+        second = build(then, first, **args)
     except ValueError as e:
         raise ValueError(f"{owner}: cannot put {then!r} on top (then={then!r}): {e}") from None
     return ChainedNeck(first, second)

@@ -1,0 +1,141 @@
+"""The documentation in ``docs/``, generated from the registry and the built modules.
+
+Run ``python -m tools.docs_gen`` (``--check`` to compare instead of writing) from the repository root.
+
+Nothing here is written per variant: every page comes from :func:`fpn_zoo.list_necks`, :func:`neck_cfg`,
+the family builders' signatures and docstrings, and necks built on a reference backbone.
+
+* ``index.md``: overview, the families, how the numbers are made.
+* ``variants.md``: one row per variant: family, summary, params, GFLOPs, CPU latency, paper, page.
+* ``necks/<name>.md``: summary, paper, a Mermaid diagram of the built graph, arguments with the family's
+  defaults, output levels on the reference backbone, a runnable example.
+* ``questions.md``: the original notes' questions (channels, deeper smoothing, bottom-up path), measured.
+
+Latency is machine noise, everything else is deterministic. Latencies are written only in table cells of
+the form ``12.34 ms`` (``n/a ms`` when not measured); :func:`check` masks exactly those cells
+(:data:`LATENCY_RE`) on both sides, so ``python -m tools.docs_gen --check`` compares params, FLOPs, diagrams,
+arguments and text exactly, measures no latency and stays fast.
+
+The package lives outside ``fpn_zoo`` and is not installed: ``markdown`` (tables, cells, the docstring
+reader), ``measuring`` (building and measuring the variants), ``pages`` (rendering), ``files`` (writing,
+checking, the README table) and ``__main__`` (the command).
+
+Example:
+    >>> from tools import docs_gen
+    >>> files = docs_gen.generate(["fpn"], reference=docs_gen.Reference(size=(64, 64)), latency_reps=0, questions=False)
+    >>> sorted(files)
+    ['index.md', 'necks/fpn.md', 'variants.md']
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from fpn_zoo import list_necks
+from fpn_zoo.measure import Reference, time_interleaved
+
+from .files import README_END, README_START, check, default_docs_dir, readme_table, sync_readme, write
+from .markdown import LATENCY_RE, NECK_DIR
+from .measuring import FALLBACK_REFERENCES, REFERENCE, Bench, VariantDoc, measure_variants, question_configs, select_necks
+from .pages import render_index, render_page, render_questions, render_variants
+
+__all__ = [
+    "REFERENCE", "FALLBACK_REFERENCES", "LATENCY_RE", "README_START", "README_END", "Reference", "VariantDoc",
+    "Bench", "generate", "write", "check", "readme_table", "sync_readme", "default_docs_dir", "select_necks",
+]
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, what) -> None
+
+
+def generate(
+    names: Union[str, Sequence[str], None] = None,
+    *,
+    reference: Reference = REFERENCE,
+    fallbacks: Sequence[Reference] = FALLBACK_REFERENCES,
+    latency_reps: int = 5,
+    questions: bool = True,
+    threads: Optional[int] = 1,
+    progress: Optional[ProgressFn] = None,
+) -> Dict[str, str]:
+    """Build every page; returns ``{relative path: markdown}``.
+
+    Args:
+        names: variants to document (fnmatch patterns, comma-separated in a string); default all.
+        reference: the backbone and image size the numbers are measured on.
+        fallbacks: backbones tried for a variant that declines ``reference``.
+        latency_reps: interleaved timing rounds; 0 measures no latency (``n/a ms``; what ``check`` does).
+        questions: also write ``questions.md``.
+        threads: torch CPU threads while measuring (None: leave as is).
+        progress: called as ``progress(done, total, what)`` after each step.
+    """
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _generate(names, reference, fallbacks, latency_reps, questions, progress)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _generate(names: Union[str, Sequence[str], None], reference: Reference, fallbacks: Sequence[Reference],
+              latency_reps: int, questions: bool, progress: Optional[ProgressFn]) -> Dict[str, str]:
+    selected = select_necks(names) if names is None or isinstance(names, str) else list_necks(list(names))
+    if not selected:
+        raise ValueError(f"no registered neck matches {names!r}")
+    qs = {q.key: q for q in question_configs()} if questions else {}
+    total = (len(selected) + len(qs)) * (1 + latency_reps)  # builds, then timed calls (re-counted below)
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    bench = Bench()
+    docs = measure_variants(bench, selected, [reference, *fallbacks], step)
+    for q in qs.values():
+        try:
+            q.neck, q.stats = bench.build(q.variant, reference, **q.overrides)
+        except (ValueError, TypeError, RuntimeError) as e:
+            q.error = str(e)
+        step(q.key)
+
+    latency: Dict[str, float] = {}
+    q_latency: Dict[str, float] = {}
+    if latency_reps > 0:
+        fns: Dict[str, Callable[[], Any]] = {}
+        timed: Dict[int, str] = {}  # id(neck) -> key in fns: each distinct module is timed once
+        owners: Dict[str, str] = {}  # "v:<variant>" / "q:<question>" -> key in fns
+        for prefix, items in (("v", [(d.cfg.name, d.neck, d.reference) for d in docs]),
+                              ("q", [(q.key, q.neck, reference) for q in qs.values()])):
+            for key, neck, ref in items:
+                if neck is None or ref is None:
+                    continue
+                if id(neck) not in timed:
+                    timed[id(neck)] = key
+                    fns[key] = _forward(neck, bench.get(ref)[1])
+                owners[f"{prefix}:{key}"] = timed[id(neck)]
+        total = done + len(fns) * latency_reps
+        seconds = time_interleaved(fns, reps=latency_reps, warmup=1, on_step=step)
+        latency = {k[2:]: seconds[v] * 1e3 for k, v in owners.items() if k.startswith("v:")}
+        q_latency = {k[2:]: seconds[v] * 1e3 for k, v in owners.items() if k.startswith("q:")}
+
+    files = {
+        "index.md": render_index(docs, reference, bool(qs)),
+        "variants.md": render_variants(docs, latency, reference),
+    }
+    if qs:
+        files["questions.md"] = render_questions(qs, q_latency, docs, reference)
+    for d in docs:
+        files[f"{NECK_DIR}/{d.cfg.name}.md"] = render_page(d)
+    return files
+
+
+def _forward(neck: nn.Module, feats: Sequence[torch.Tensor]) -> Callable[[], Any]:
+    def call() -> Any:
+        return neck(list(feats))
+
+    return call

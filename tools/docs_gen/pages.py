@@ -1,0 +1,226 @@
+"""The pages themselves: the index (with its hand-written text), the variants table, a page per variant and
+the questions page, rendered from measured :class:`~tools.docs_gen.measuring.VariantDoc` s."""
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import List, Mapping, Optional, Sequence
+
+from fpn_zoo import list_families
+from fpn_zoo._registry import BUILTIN, family_args, get_family
+from fpn_zoo.measure import NeckStats, Reference
+
+from .markdown import (
+    GENERATED_NOTE, NECK_DIR, gflops, latency_cell, md_cell, md_table, mparams, paper_link, parse_arg_docs, ratio,
+    rst_to_md, value_cell,
+)
+from .measuring import NOTES_BLOCK, Question, VariantDoc
+
+__all__ = ["render_index", "render_variants", "render_page", "render_questions"]
+
+
+def family_summary(family: str) -> str:
+    module = sys.modules.get(get_family(family).builder.__module__)
+    doc = inspect.getdoc(module) or ""
+    return rst_to_md(doc.strip().splitlines()[0]) if doc.strip() else ""
+
+
+def example_code(name: str, ref: Reference, stats: Optional[NeckStats]) -> str:
+    idx = "" if ref.out_indices is None else f", out_indices={ref.out_indices!r}"
+    h, w = ref.size
+    lines = [
+        "import timm, torch, fpn_zoo",
+        "",
+        f'backbone = timm.create_model("{ref.backbone}", features_only=True{idx}, pretrained=False)',
+        f'neck = fpn_zoo.create_neck("{name}", backbone)',
+        f"features = neck(backbone(torch.rand(1, 3, {h}, {w})))",
+        "print([tuple(f.shape) for f in features])",
+    ]
+    if stats is not None:
+        shapes = [(1, c, hh, ww) for c, _, (hh, ww) in stats.outputs]
+        lines.append(f"# {shapes}")
+    return "```python\n" + "\n".join(lines) + "\n```\n"
+
+
+def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], ref: Reference) -> str:
+    rows = []
+    for d in docs:
+        stats = d.stats
+        note = "" if d.reference in (None, ref) else f" ({d.reference.backbone})"
+        rows.append([
+            f"[{d.cfg.name}]({NECK_DIR}/{d.cfg.name}.md)", f"`{d.cfg.family}`", d.cfg.summary or "-",
+            (mparams(stats.params) + note) if stats else "-",
+            (gflops(stats.flops) + note) if stats else "-",
+            latency_cell(latency.get(d.cfg.name)) if stats else "-",
+            paper_link(d.cfg.paper),
+        ])
+    parts = [
+        "# Variants\n", GENERATED_NOTE + "\n",
+        f"{len(docs)} variants. Params and GFLOPs are the neck's alone on the maps of {ref.describe()}, batch 1 "
+        "(GFLOPs from `torch.utils.flop_counter.FlopCounterMode`: 2 per multiply-add of convolutions; pooling, "
+        "resizing and sums are not counted). Latency is the median CPU time of one neck forward over interleaved "
+        "rounds, one thread, on the machine that generated these pages: compare the numbers with each other, "
+        "not with another machine's. A backbone in brackets marks a variant measured on a fallback backbone "
+        "because it declines the reference one.\n",
+        md_table(["variant", "family", "summary", "params (M)", "GFLOPs", "CPU latency", "paper"], rows, "lllrrrl"),
+    ]
+    failed = [d for d in docs if d.error]
+    if failed:
+        parts.append("\n## Variants that could not be measured\n\n" +
+                     "".join(f"- `{d.cfg.name}`: {md_cell(d.error)}\n" for d in failed))
+    return "\n".join(parts)
+
+
+def render_page(d: VariantDoc) -> str:
+    cfg = d.cfg
+    family = get_family(cfg.family)
+    defaults = family_args(cfg.family)
+    arg_docs = parse_arg_docs(family.builder)
+    out = [f"# {cfg.name}\n", GENERATED_NOTE + "\n", f"{cfg.summary}\n" if cfg.summary else ""]
+    facts = [
+        ["family", f"`{cfg.family}` (`{family.builder.__module__}.{family.builder.__qualname__}`)"],
+        ["paper", paper_link(cfg.paper)],
+        ["tags", ", ".join(cfg.tags) or "-"],
+    ]
+    if cfg.source != BUILTIN:
+        facts.append(["defined by", cfg.source])
+    out.append(md_table(["", ""], facts))
+    out.append("\n## Graph\n")
+    if d.diagram:
+        where = f"on {d.reference.describe()}" if d.reference else "from the channels of the reference backbone"
+        out.append(f"The graph of the built module {where}: input levels, fusion nodes (fusion, smoothing, "
+                   "stride), what each edge does (`1x1` projection, `up`sampling, `pool`/`conv` downsampling), "
+                   "outputs and extra levels.\n")
+        out.append("```mermaid\n" + d.diagram + "```\n")
+    else:
+        out.append("No diagram: the neck could not be built.\n")
+    rows = []
+    for key, value in cfg.args.items():
+        default = defaults.get(key, inspect.Parameter.empty)
+        shown = value_cell(value)
+        if default is inspect.Parameter.empty or value != default:
+            shown = f"**{shown}**"
+        rows.append([f"`{key}`", shown, value_cell(default), arg_docs.get(key, "")])
+    out.append("\n## Arguments\n")
+    out.append("Values of this variant; **bold** ones differ from the family's defaults. Override any of them: "
+               f"`fpn_zoo.create_neck(\"{cfg.name}\", backbone, out_channels=128)`.\n")
+    out.append(md_table(["argument", "value", "family default", "description"], rows))
+    out.append("\n## Output levels\n")
+    if d.stats is not None and d.reference is not None:
+        h, w = d.reference.size
+        rows = [[str(k), str(c), str(s), f"{hh}x{ww}"] for k, (c, s, (hh, ww)) in enumerate(d.stats.outputs)]
+        out.append(f"On {d.reference.describe()} (neck only, batch 1): **{d.stats.params:,} parameters**, "
+                   f"**{gflops(d.stats.flops)} GFLOPs**.\n")
+        out.append(md_table(["output", "channels", "stride", f"size at {h}x{w}"], rows, "rrrr"))
+        out.append("\n## Example\n")
+        out.append(example_code(cfg.name, d.reference, d.stats))
+    else:
+        out.append(f"Could not be built on a reference backbone: {d.error}\n")
+    return "\n".join(p for p in out if p)
+
+
+def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: bool) -> str:
+    names = [d.cfg.name for d in docs]
+    families = [f for f in list_families() if any(d.cfg.family == f for d in docs)]
+    fam_rows = []
+    for f in families:
+        members = [d.cfg.name for d in docs if d.cfg.family == f]
+        shown = ", ".join(f"[{n}]({NECK_DIR}/{n}.md)" for n in members)
+        fam_rows.append([f"`{f}`", family_summary(f), shown])
+    example = "fpn" if "fpn" in names or not names else names[0]
+    pages = [f"- [Variants](variants.md): all {len(names)} variants with params, GFLOPs, CPU latency and papers."]
+    if with_questions:
+        pages.append("- [Questions](questions.md): the original notes' questions (how many channels, deeper "
+                     "smoothing, a bottom-up path), answered with measurements.")
+    pages.append(f"- One page per variant under `{NECK_DIR}/`: diagram of the built graph, arguments, output levels.")
+    return "\n".join([
+        "# fpn_zoo\n", GENERATED_NOTE + "\n",
+        "Feature-pyramid necks for any [timm](https://github.com/huggingface/pytorch-image-models) "
+        f"`features_only` backbone: {len(names)} named variants of {len(families)} families, one registry.\n",
+        "\n".join(pages) + "\n",
+        "## Quick start\n",
+        "```python\nimport timm, torch, fpn_zoo\n\n"
+        f'backbone = timm.create_model("{ref.backbone}", features_only=True, pretrained=False)\n'
+        f'neck = fpn_zoo.create_neck("{example}", backbone, out_channels=128)\n'
+        "features = neck(backbone(torch.rand(1, 3, 256, 256)))  # list of NCHW maps, finest first\n"
+        "neck.feature_info.channels(), neck.feature_info.reduction()\n\n"
+        f'model = fpn_zoo.create_model("{ref.backbone}", neck="{example}")  # backbone + neck, one module\n'
+        'fpn_zoo.list_necks("*pan*"), fpn_zoo.neck_cfg("fpn").args\n```\n',
+        "## Families\n",
+        md_table(["family", "what it is", "variants"], fam_rows),
+        "\n## Command line\n",
+        "```\nfpn-zoo list [FILTER]                        # variants, family, summary\n"
+        "fpn-zoo info NAME [--backbone B] [--size S]  # output levels, params, GFLOPs\n"
+        "fpn-zoo bench --necks 'fpn*' --size 128      # params, GFLOPs, CPU latency [--plot out.png]\n"
+        "```\n",
+        "From a checkout, `python -m tools.docs_gen` regenerates these pages and `python -m tools.docs_gen --check` "
+        "checks they are current.\n",
+        "## How these pages are made\n",
+        "`python -m tools.docs_gen` builds every registered variant on the reference backbone, "
+        f"{ref.describe()} (no pretrained weights), and writes what the modules are: diagrams from the built "
+        "graphs, arguments from the registry and the family signatures, output levels, parameters and FLOPs of "
+        "the neck alone. CPU latency is the median of several interleaved timing rounds on one thread, after a "
+        "warm-up; "
+        "it depends on the machine, so `--check` skips it and compares everything else exactly.\n",
+    ])
+
+
+def render_questions(qs: Mapping[str, Question], latency: Mapping[str, float], docs: Sequence[VariantDoc],
+                     ref: Reference) -> str:
+    def stats(key: str) -> Optional[NeckStats]:
+        q = qs.get(key)
+        return q.stats if q is not None else None
+
+    def row(label: str, key: str, base: str) -> List[str]:
+        s, b = stats(key), stats(base)
+        return [label, mparams(s.params) if s else "-", gflops(s.flops) if s else "-", latency_cell(latency.get(key)),
+                ratio(s.params if s else None, b.params if b else None),
+                ratio(s.flops if s else None, b.flops if b else None)]
+
+    headers = ["", "params (M)", "GFLOPs", "CPU latency", "params ratio", "GFLOPs ratio"]
+    block = ", ".join(f"{k}={v!r}" for k, v in NOTES_BLOCK.items())
+    out = [
+        "# The original notes' questions, measured\n", GENERATED_NOTE + "\n",
+        "The notes this project grew from built a 64-channel top-down FPN of `Conv2dNormActivation` blocks "
+        f"(BatchNorm, LeakyReLU 0.1: `{block}` here) and asked three questions. Each table builds the necks "
+        f"on {ref.describe()} and measures the neck alone (batch 1; latency: median CPU time, one thread, "
+        "machine-dependent). What this cannot measure is accuracy: that needs training; the papers linked on "
+        "each variant's page report it.\n",
+    ]
+    errors = [f"- `{q.variant}` {q.overrides}: {q.error}" for q in qs.values() if q.error]
+
+    out.append("## Why 64 channels, why not 128?\n")
+    out.append("`fpn` with the notes' block at 64, 128 and 256 output channels; ratios against 64.\n")
+    out.append(md_table(headers, [row(f"{c} channels", f"channels{c}", "channels64") for c in (64, 128, 256)], "lrrrrr"))
+    s64, s128 = stats("channels64"), stats("channels128")
+    if s64 and s128:
+        out.append(f"\nDoubling the width multiplies the neck's parameters by {s128.params / s64.params:.2f} and its "
+                   f"FLOPs by {s128.flops / s64.flops:.2f}: the 3x3 smoothing convs grow with the square of the "
+                   "channels, the 1x1 laterals only linearly (their input side is the backbone's). 64 is the cheap "
+                   "choice for small models; 256 is the FPN paper's.\n")
+
+    out.append("\n## Can you use more conv blocks?\n")
+    out.append("`fpn` at 64 channels with 1, 2 or 3 smoothing blocks (3x3 conv-BN-LeakyReLU) after every fusion "
+               "(`smooth_depth`); ratios against one block.\n")
+    out.append(md_table(headers, [row(f"smooth_depth={k}", f"depth{k}", "depth1") for k in (1, 2, 3)], "lrrrrr"))
+    d1, d2 = stats("depth1"), stats("depth2")
+    if d1 and d2:
+        out.append(f"\nEach extra block adds {(d2.params - d1.params):,} parameters and "
+                   f"{(d2.flops - d1.flops) / 1e9:.3f} GFLOPs here: one 3x3 conv per output level.\n")
+
+    out.append("\n## Why not push from the other direction (bottom-up)?\n")
+    out.append("That is PANet: the FPN's top-down path, then a bottom-up path of stride-2 convs. `fpn` (top-down "
+               "only) against `pan` (top-down + bottom-up), with the notes' block at 64 channels and with the "
+               "papers' defaults (256 channels, plain convs); ratios against `fpn` of the same width.\n")
+    rows = [row("fpn, 64 ch, notes' block", "fpn64", "fpn64"), row("pan, 64 ch, notes' block", "pan64", "fpn64"),
+            row("fpn, 256 ch, defaults", "fpn256", "fpn256"), row("pan, 256 ch, defaults", "pan256", "fpn256")]
+    out.append(md_table(headers, rows, "lrrrrr"))
+    both = [d for d in docs if "bottom-up" in d.cfg.tags and d.stats is not None]
+    if both:
+        out.append("\nEvery registered variant tagged `bottom-up` (measured as in [Variants](variants.md)):\n")
+        out.append(md_table(["variant", "family", "params (M)", "GFLOPs", "summary"],
+                          [[f"[{d.cfg.name}]({NECK_DIR}/{d.cfg.name}.md)", f"`{d.cfg.family}`", mparams(d.stats.params),
+                            gflops(d.stats.flops), d.cfg.summary] for d in both], "llrrl"))
+    if errors:
+        out.append("\nCould not be built:\n\n" + "\n".join(errors) + "\n")
+    return "\n".join(out)
