@@ -186,8 +186,8 @@ def test_a_vit_gets_a_multi_scale_neck(then: str) -> None:
     assert isinstance(neck, ChainedNeck)
     assert neck.feature_info is neck.second.feature_info
     assert {k.split(".")[0] for k in neck.state_dict()} == {"first", "second"}
-    assert neck.describe()["kind"] == "chain"
-    assert neck.describe()["stages"][0].kind == "simple_pyramid"  # each stage describes itself (typed)
+    assert neck.describe().kind == "chain"
+    assert neck.describe().stages[0].kind == "simple_pyramid"  # each stage describes itself (typed)
     neck.train()
     outs = neck(vit_features())
     assert [o.shape[1] for o in outs] == neck.feature_info.channels()

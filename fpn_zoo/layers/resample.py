@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._compat import is_exporting
+
 __all__ = ["Resample", "ExtraLevels", "max_pool_down", "resize_to"]
 
 
@@ -23,16 +25,11 @@ def resize_to(x: torch.Tensor, size: torch.Size, mode: str) -> torch.Tensor:
     bake the export-time size relations between levels into the program as guards (a backbone that rounds
     differently would be rejected); resizing a map to its own size is exact.
     """
-    if not _exporting() and x.shape[-2:] == size:  # in this order: see above
+    if not is_exporting() and x.shape[-2:] == size:  # in this order: see above
         return x
     if mode in ("bilinear", "bicubic"):
         return F.interpolate(x, size=size, mode=mode, align_corners=False)
     return F.interpolate(x, size=size, mode=mode)
-
-
-def _exporting() -> bool:
-    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
-    return bool(is_exporting is not None and is_exporting())
 
 
 def max_pool_down(stride: int) -> nn.Module:

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .._registry import family_args, neck_cfg
 
-__all__ = ["ChainedNeck", "chain_neck", "describe_neck", "neck_builder", "BuildNeck"]
+__all__ = ["ChainedNeck", "ChainDescription", "OpaqueDescription", "chain_neck", "describe_neck", "neck_builder", "BuildNeck"]
 
 BuildNeck = Callable[..., nn.Module]
 """``build(name, features, **overrides) -> neck``: the signature of :func:`fpn_zoo.create_neck`."""
@@ -46,13 +47,29 @@ def neck_builder(build: BuildNeck) -> Iterator[None]:
         _lent_builder.reset(token)
 
 
-def describe_neck(neck: nn.Module) -> Dict[str, Any]:
-    """``neck.describe()`` if it has one, else the bare minimum (its class and outputs)."""
+@dataclass(frozen=True)
+class ChainDescription:
+    """What a :class:`ChainedNeck` computes: each stage's own description, first to last."""
+
+    stages: Tuple[Any, ...]
+    kind: str = "chain"
+
+
+@dataclass(frozen=True)
+class OpaqueDescription:
+    """The bare minimum about a neck without ``describe()`` (a plugin's): its class and output strides."""
+
+    kind: str
+    reductions: Optional[Tuple[float, ...]]
+
+
+def describe_neck(neck: nn.Module) -> Any:
+    """``neck.describe()`` if it has one, else an :class:`OpaqueDescription`."""
     describe = getattr(neck, "describe", None)
     if callable(describe):
         return describe()
     info = getattr(neck, "feature_info", None)
-    return {"kind": type(neck).__name__, "reductions": list(info.reduction()) if info is not None else None}
+    return OpaqueDescription(type(neck).__name__, tuple(info.reduction()) if info is not None else None)
 
 
 class ChainedNeck(nn.Module):
@@ -87,9 +104,9 @@ class ChainedNeck(nn.Module):
         """Args: the backbone's maps (what ``first`` takes). Returns: ``second``'s NCHW maps."""
         return self.second(self.first(features))
 
-    def describe(self) -> Dict[str, Any]:
-        """Both stages as plain data (for docs and diagrams)."""
-        return {"kind": "chain", "stages": [describe_neck(self.first), describe_neck(self.second)]}
+    def describe(self) -> ChainDescription:
+        """Both stages, each described by itself (for docs and diagrams)."""
+        return ChainDescription((describe_neck(self.first), describe_neck(self.second)))
 
 
 def chain_neck(
