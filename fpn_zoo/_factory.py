@@ -8,9 +8,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ._backbones import create_features_model
 from ._features import FeatureSpec
 from ._registry import Family, check_family_args, get_family, neck_cfg
-from ._utils import close_matches
 from .necks.chain import neck_builder
 
 __all__ = ["create_neck", "create_model", "BackboneWithNeck"]
@@ -110,7 +110,9 @@ def create_model(
     """A timm backbone (``features_only``) with the neck ``neck`` on top, as one module.
 
     Args:
-        backbone: a timm model name, or an already built ``features_only`` model.
+        backbone: a timm model name (built to take any image size: ``dynamic_img_size=True`` for ViT, swin,
+            EVA ...; pass ``dynamic_img_size=False`` to keep timm's fixed size), or an already built
+            ``features_only`` model (used as it is).
         neck: a registered neck variant.
         out_indices: which backbone stages feed the neck (timm's default: all of them).
         pretrained: load the backbone's pretrained weights (needs network; off by default).
@@ -124,13 +126,9 @@ def create_model(
         [8, 16, 32]
     """
     if isinstance(backbone, str):
-        import timm
-
-        if ":" not in backbone and not timm.is_model(backbone):  # "hf-hub:..." names are timm's to resolve
-            raise ValueError(f"unknown timm model {backbone!r}{close_matches(backbone, timm.list_models(), cutoff=0.6)}")
         if out_indices is not None:
             backbone_kwargs["out_indices"] = tuple(out_indices)
-        model = timm.create_model(backbone, features_only=True, pretrained=pretrained, **backbone_kwargs)
+        model = create_features_model(backbone, pretrained=pretrained, **backbone_kwargs)
     elif isinstance(backbone, nn.Module):
         if out_indices is not None or backbone_kwargs:
             raise TypeError("out_indices and backbone keyword arguments only apply when backbone is a name")

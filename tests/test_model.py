@@ -50,3 +50,10 @@ def test_three_lines_from_the_readme():
     neck = fpn_zoo.create_neck("fpn", backbone.feature_info, out_channels=128)
     feats = neck(backbone(torch.randn(1, 3, 64, 64)))
     assert neck.feature_info.channels() == [128] * 3 and [f.shape[1] for f in feats] == [128] * 3
+
+
+def test_a_fixed_size_backbone_by_name_takes_any_image_size():
+    """timm builds ViT / swin for one size; create_model builds them with dynamic_img_size where they take it."""
+    model = fpn_zoo.create_model("test_vit", neck="simple_pyramid_fpn", neck_args={"out_channels": 16})
+    outs = model(torch.rand(1, 3, 96, 128))  # test_vit's default size is 160
+    assert [tuple(o.shape[-2:]) for o in outs][:3] == [(24, 32), (12, 16), (6, 8)]

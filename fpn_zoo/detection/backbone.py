@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .._backbones import create_features_model, fixed_size_keyword
+
 __all__ = [
     "TorchvisionBackbone", "torchvision_backbone", "level_names", "pooled_levels", "create_timm_backbone",
     "fixed_size_keyword", "freeze_backbone_stages",
@@ -22,7 +24,6 @@ __all__ = [
 
 # timm keywords that let a fixed-input-size model (ViT, EVA, swin, ...) take any image size, in the order
 # they are tried; a model whose constructor does not know one is rebuilt without it.
-DYNAMIC_SIZE_KWARGS: Tuple[Tuple[str, Any], ...] = (("dynamic_img_size", True), ("dynamic_img_pad", True))
 
 
 def level_names(reductions: Sequence[float]) -> List[str]:
@@ -142,53 +143,10 @@ def torchvision_backbone(body: nn.Module, head_channels: Optional[int] = None) -
     return TorchvisionBackbone(body, head_channels=head_channels)
 
 
-def fixed_size_keyword(model: nn.Module) -> Optional[str]:
-    """The timm keyword a model was built without although it needs it for any image size, else None.
-
-    A patch embedding built with ``strict_img_size=True`` and without ``dynamic_img_size`` only takes the
-    image size it was built for (swin, ViT, EVA ... at their defaults).
-    """
-    for m in model.modules():
-        if getattr(m, "strict_img_size", False) and not getattr(m, "dynamic_img_size", False):
-            return "dynamic_img_size"
-    return None
-
-
-def _unknown_kwarg(err: TypeError, key: str) -> bool:
-    return f"'{key}'" in str(err) and "argument" in str(err)
-
-
 def create_timm_backbone(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, features_only=True, ...)`` that takes any image size when the model can.
-
-    Models with a fixed input size (swin, ViT, EVA, ...) are built with ``dynamic_img_size=True`` (and
-    ``dynamic_img_pad=True`` so a patch size that does not divide the image, EVA's 14, works); a model
-    whose constructor does not know these keywords (a CNN, which takes any size anyway) is built without
-    them. Keywords in ``kwargs`` win.
-
-    Raises:
-        ValueError: the model was still built for one image size (the message names the keyword).
-    """
-    import timm
-
-    dynamic = {k: v for k, v in DYNAMIC_SIZE_KWARGS if k not in kwargs}
-    while True:
-        try:
-            model = timm.create_model(name, features_only=True, pretrained=pretrained, **kwargs, **dynamic)
-            break
-        except TypeError as e:
-            dropped = [k for k in dynamic if _unknown_kwarg(e, k)]
-            if not dropped:
-                raise
-            for k in dropped:
-                dynamic.pop(k)
-    key = fixed_size_keyword(model)
-    if key is not None:
-        raise ValueError(
-            f"timm model {name!r} only takes its default image size, but a detector resizes images to "
-            f"min_size/max_size: build it with {key}=True (backbone_args={{{key!r}: True}})"
-        )
-    return model
+    """:func:`fpn_zoo._backbones.create_features_model`: a timm ``features_only`` model of any image size
+    (a detector's transform resizes images to ``min_size``/``max_size``)."""
+    return create_features_model(name, pretrained=pretrained, **kwargs)
 
 
 def _stage_of_params(backbone: nn.Module) -> Tuple[List[nn.Parameter], List[int], int]:
