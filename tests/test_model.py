@@ -54,6 +54,6 @@ def test_three_lines_from_the_readme():
 
 def test_a_fixed_size_backbone_by_name_takes_any_image_size():
     """timm builds ViT / swin for one size; create_model builds them with dynamic_img_size where they take it."""
-    model = fpn_zoo.create_model("test_vit", neck="simple_pyramid_fpn", neck_args={"out_channels": 16})
-    outs = model(torch.rand(1, 3, 96, 128))  # test_vit's default size is 160
+    model = fpn_zoo.create_model("test_vit3", neck="simple_pyramid_fpn", neck_args={"out_channels": 16})
+    outs = model(torch.rand(1, 3, 96, 128))  # timm builds test_vit3 for 160 x 160 only
     assert [tuple(o.shape[-2:]) for o in outs][:3] == [(24, 32), (12, 16), (6, 8)]
