@@ -234,7 +234,7 @@ def test_same_stride_levels_build_no_pyramid_and_every_family_says_so_the_same_w
     """Every multi-level family warns alike (no family refuses, none is silent), naming variants that fit and
     no internal topology id."""
     info = [dict(num_chs=16, reduction=16)] * 3
-    with pytest.warns(UserWarning, match=r"^every input level has stride 16.*'simple_pyramid_fpn'") as record:
+    with pytest.warns(UserWarning, match=rf"^neck '{name}': every input level has stride 16.*'simple_pyramid_fpn'") as record:
         neck = fpn_zoo.create_neck(name, info, out_channels=8)
     assert not re.search(r"\b(fpn|pan|bifpn|csp_pan)\d", str(record[0].message))
     assert neck.feature_info.reduction()[:3] == [16, 16, 16]
