@@ -42,6 +42,18 @@ def example_code(name: str, ref: Reference, stats: Optional[NeckStats]) -> str:
     return "```python\n" + "\n".join(lines) + "\n```\n"
 
 
+def detector_code(d: VariantDoc) -> str:
+    """The ``create_detector`` line of a variant page: RetinaNet where the neck makes five or more levels (its
+    P3-P7 recipe), FCOS for the YOLO-style necks, Faster R-CNN otherwise; a ViT where the family builds its
+    pyramid from one stride."""
+    levels = len(d.stats.outputs) if d.stats is not None else 0
+    kind = "retinanet" if levels >= 5 else "fcos" if d.cfg.family == "csp_pan" else "fasterrcnn"
+    backbone = "vit_base_patch16_224" if d.cfg.family == "simple_pyramid" else "resnet50"
+    return ("```python\nimport fpn_zoo\n\n"
+            f'model = fpn_zoo.create_detector("{kind}", "{backbone}", neck="{d.cfg.name}", num_classes=91)\n'
+            "losses = model(images, targets)   # torchvision's detection API; model.eval(); model(images)\n```\n")
+
+
 def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], ref: Reference) -> str:
     rows = []
     for d in docs:
@@ -114,6 +126,10 @@ def render_page(d: VariantDoc) -> str:
         out.append(md_table(["output", "channels", "stride", f"size at {h}x{w}"], rows, "rrrr"))
         out.append("\n## Example\n")
         out.append(example_code(cfg.name, d.reference, d.stats))
+        out.append("\n## In a detector\n")
+        out.append("A trainable torchvision detector in one call (any kind: `fasterrcnn`, `maskrcnn`, `keypointrcnn`, "
+                   "`retinanet`, `fcos`; anchors follow the neck's strides). See [Train a detector](../detection.md).\n")
+        out.append(detector_code(d))
     else:
         out.append(f"Could not be built on a reference backbone: {d.error}\n")
     return "\n".join(p for p in out if p)
