@@ -126,7 +126,7 @@ def render_page(d: VariantDoc) -> str:
         out.append(md_table(["output", "channels", "stride", f"size at {h}x{w}"], rows, "rrrr"))
         out.append("\n## Example\n")
         out.append(example_code(cfg.name, d.reference, d.stats))
-        out.append("\n## In a detector\n")
+        out.append("## In a detector\n")
         out.append("A trainable torchvision detector in one call (any kind: `fasterrcnn`, `maskrcnn`, `keypointrcnn`, "
                    "`retinanet`, `fcos`; anchors follow the neck's strides). See [Train a detector](../detection.md).\n")
         out.append(detector_code(d))
