@@ -1,0 +1,208 @@
+"""mmdetection 3.3 neck *modules* -> the matching fpn_zoo neck, configuration and weights.
+
+:func:`from_mmdet_module` takes a built mmdet neck (``ChannelMapper``, ``HRFPN``, ``BFP``, ...), reads its
+configuration from the module itself (channels from its convs, norm and activation from its mmcv
+``ConvModule``s, counts from its layers), builds the fpn_zoo neck that computes the same function, and loads
+the peer's weights under fpn_zoo's names. Dispatch is on the peer's class name (:data:`CONVERTERS`).
+
+The state dicts must correspond exactly: every peer tensor lands on one fpn_zoo tensor of the same shape and
+none is left over on either side. A peer configuration fpn_zoo does not reproduce (a custom ``conv_cfg``, a
+norm or activation it has no name for, a conv bias next to a norm ...) is a ``ValueError`` naming the
+attribute, never a partial load.
+
+mmcv's ``ConvModule`` holds ``conv``, the norm under its ``norm_name`` (``bn``, ``gn``) and ``activate``;
+fpn_zoo's :class:`~fpn_zoo.layers.conv.ConvNormAct` holds ``conv``, ``norm``, ``act``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .._features import FeatureSpec
+
+__all__ = ["from_mmdet_module", "CONVERTERS", "conv_module_config"]
+
+# (pattern, replacement) pairs applied to peer keys, first match wins.
+Renames = Sequence[Tuple[str, str]]
+Converter = Callable[[nn.Module], Tuple[nn.Module, Renames]]
+CONVERTERS: Dict[str, Converter] = {}
+
+
+def _converts(class_name: str) -> Callable[[Converter], Converter]:
+    def decorator(fn: Converter) -> Converter:
+        CONVERTERS[class_name] = fn
+        return fn
+
+    return decorator
+
+
+def from_mmdet_module(peer: nn.Module) -> nn.Module:
+    """Build the fpn_zoo neck equivalent to an mmdet neck module and load its weights.
+
+    The result has the peer's dtype, device and train/eval mode. Its outputs are the peer's, in the same
+    order, except where a family's docstring says otherwise (``yolov3_neck`` returns finest first).
+
+    Args:
+        peer: a built mmdet 3.3 neck (``ChannelMapper``, ``HRFPN``, ``BFP``, ``SSH``, ``DilatedEncoder``,
+            ``YOLOV3Neck``).
+
+    Raises:
+        TypeError: ``peer`` is not an ``nn.Module``.
+        ValueError: no converter for its class, or a configuration fpn_zoo does not reproduce (the message
+            names the attribute).
+    """
+    if not isinstance(peer, nn.Module):
+        raise TypeError(f"from_mmdet_module takes an mmdet neck module, got {type(peer).__name__}")
+    name = type(peer).__name__
+    converter = CONVERTERS.get(name)
+    if converter is None:
+        raise ValueError(f"no fpn_zoo converter for mmdet {name}; supported: {sorted(CONVERTERS)}")
+    neck, renames = converter(peer)
+    param = next(peer.parameters(), None)
+    if param is not None:
+        neck.to(device=param.device, dtype=param.dtype)
+    _load_renamed(neck, peer.state_dict(), renames, name)
+    return neck.train(peer.training)
+
+
+def _load_renamed(neck: nn.Module, peer_state: Dict[str, torch.Tensor], renames: Renames, owner: str) -> None:
+    mapped: Dict[str, torch.Tensor] = {}
+    for key, value in peer_state.items():
+        for pattern, replacement in renames:
+            new, hits = re.subn(pattern, replacement, key)
+            if hits:
+                break
+        else:
+            raise ValueError(f"mmdet {owner}: parameter {key!r} has no fpn_zoo counterpart")
+        mapped[re.sub(*_NORM_RENAME, new)] = value
+    ours = neck.state_dict()
+    missing, unexpected = sorted(set(ours) - set(mapped)), sorted(set(mapped) - set(ours))
+    if missing or unexpected:
+        raise ValueError(f"mmdet {owner}: state dicts do not correspond; fpn_zoo tensors with no peer tensor "
+                         f"{missing}, peer tensors with no fpn_zoo tensor {unexpected}")
+    for key, value in mapped.items():
+        if ours[key].shape != value.shape:
+            raise ValueError(f"mmdet {owner}: {key} is {tuple(value.shape)} in the peer, "
+                             f"{tuple(ours[key].shape)} in fpn_zoo")
+    neck.load_state_dict(mapped)
+
+
+# ------------------------------------------------------------------------------- reading mmcv ConvModules
+
+_NORM_RENAME = (r"\.(bn|gn)\.", ".norm.")  # a ConvModule's norm, under its norm_name
+
+
+def _norm_config(norm: nn.Module, where: str) -> Tuple[Optional[str], Dict[str, Any]]:
+    if type(norm) is nn.BatchNorm2d:
+        if not (norm.affine and norm.track_running_stats):
+            raise ValueError(f"{where}: a BatchNorm2d without affine weights or running stats is not supported")
+        return "batchnorm", {"eps": norm.eps, "momentum": norm.momentum}
+    if isinstance(norm, nn.GroupNorm):
+        if not norm.affine:
+            raise ValueError(f"{where}: a GroupNorm without affine weights is not supported")
+        return "groupnorm", {"num_groups": norm.num_groups, "eps": norm.eps}
+    raise ValueError(f"{where}: norm {type(norm).__name__} has no fpn_zoo equivalent (BatchNorm2d, GroupNorm)")
+
+
+def _act_config(act: nn.Module, where: str) -> Tuple[Optional[str], Dict[str, Any]]:
+    kind = type(act).__name__
+    if kind == "ReLU":
+        return "relu", {}
+    if kind == "LeakyReLU":
+        return "leaky_relu", {"negative_slope": act.negative_slope}
+    if kind in ("SiLU", "Swish"):  # mmcv's Swish is x * sigmoid(x)
+        return "silu", {}
+    raise ValueError(f"{where}: activation {kind} has no fpn_zoo equivalent (ReLU, LeakyReLU, SiLU)")
+
+
+def conv_module_config(module: nn.Module, where: str) -> Dict[str, Any]:
+    """Norm and activation of an mmcv ``ConvModule`` as fpn_zoo knobs, checked to be reproducible.
+
+    Returns:
+        ``{"norm", "norm_kwargs", "act", "act_kwargs"}``.
+
+    Raises:
+        ValueError: not a ConvModule, a conv that is not a plain ``nn.Conv2d`` (``conv_cfg``), an order
+            other than conv-norm-act, an unknown norm/act, or a conv bias next to a norm (``bias=True``).
+    """
+    if type(module).__name__ != "ConvModule":
+        raise ValueError(f"{where}: expected an mmcv ConvModule, got {type(module).__name__}")
+    if type(module.conv) is not nn.Conv2d:
+        raise ValueError(f"{where}.conv: conv_cfg builds {type(module.conv).__name__}; only nn.Conv2d converts")
+    if tuple(module.order) != ("conv", "norm", "act"):
+        raise ValueError(f"{where}.order: {module.order} is not supported; fpn_zoo runs conv -> norm -> act")
+    norm, norm_kwargs = (None, {})
+    if module.with_norm:
+        norm, norm_kwargs = _norm_config(getattr(module, module.norm_name), f"{where}.{module.norm_name}")
+    act, act_kwargs = _act_config(module.activate, f"{where}.activate") if module.with_activation else (None, {})
+    if (module.conv.bias is not None) != (norm is None):
+        raise ValueError(f"{where}.conv.bias: fpn_zoo's convs have a bias exactly when there is no norm, "
+                         f"but this one has bias={module.conv.bias is not None} with norm={norm!r}")
+    return {"norm": norm, "norm_kwargs": norm_kwargs, "act": act, "act_kwargs": act_kwargs}
+
+
+def _same_config(modules: Sequence[Tuple[str, nn.Module]], owner: str) -> Dict[str, Any]:
+    """The one norm/act configuration shared by all ``modules``; a ValueError if they differ."""
+    configs = [(where, conv_module_config(m, f"{owner}.{where}")) for where, m in modules]
+    first_where, first = configs[0]
+    for where, config in configs[1:]:
+        if config != first:
+            raise ValueError(f"{owner}.{where}: norm/act {config} differ from {first_where}'s {first}; "
+                             "fpn_zoo uses one norm and one activation throughout")
+    return first
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _spec(channels: Sequence[int], reductions: Optional[Sequence[int]] = None) -> FeatureSpec:
+    """The input spec: mmdet modules know their channels, not the strides; assume a x2 pyramid."""
+    channels = tuple(int(c) for c in channels)
+    if reductions is None:
+        reductions = tuple(2 ** (3 + i) for i in range(len(channels)))
+    return FeatureSpec(channels, tuple(reductions))
+
+
+def _create(family: str, spec: FeatureSpec, **kwargs: Any) -> nn.Module:
+    from .._factory import create_neck  # the factory imports the families; keep this module a leaf
+
+    return create_neck(family, spec, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ the families
+
+
+@_converts("ChannelMapper")
+def _channel_mapper(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+    convs = list(peer.convs)
+    extras = list(peer.extra_convs or [])
+    config = _same_config([(f"convs.{i}", m) for i, m in enumerate(convs)]
+                          + [(f"extra_convs.{i}", m) for i, m in enumerate(extras)], "ChannelMapper")
+    kernel = convs[0].conv.kernel_size
+    for i, m in enumerate(convs):
+        _require(m.conv.kernel_size == kernel and m.conv.padding == (kernel[0] // 2, kernel[1] // 2)
+                 and m.conv.stride == (1, 1) and m.conv.dilation == (1, 1) and m.conv.groups == 1,
+                 f"ChannelMapper.convs.{i}.conv: only square odd kernels, 'same' padding, stride 1 convert")
+    _require(kernel[0] == kernel[1] and kernel[0] % 2 == 1,
+             f"ChannelMapper.convs.0.conv.kernel_size: {kernel} is not square and odd")
+    neck = _create("channel_mapper", _spec([m.conv.in_channels for m in convs]),
+                   out_channels=convs[0].conv.out_channels, kernel_size=kernel[0], extra_levels=len(extras),
+                   **config)
+    return neck, [(r"^convs\.", "projs."), (r"^extra_convs\.", "extras.")]
+
+
+@_converts("HRFPN")
+def _hrfpn(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+    convs = list(peer.fpn_convs)
+    config = _same_config([("reduction_conv", peer.reduction_conv)]
+                          + [(f"fpn_convs.{i}", m) for i, m in enumerate(convs)], "HRFPN")
+    pool = getattr(peer.pooling, "__name__", "")
+    _require(pool in ("avg_pool2d", "max_pool2d"), f"HRFPN.pooling: {peer.pooling!r} is not avg/max pooling")
+    neck = _create("hrfpn", _spec(peer.in_channels), out_channels=peer.out_channels, num_outputs=len(convs),
+                   pooling=pool[:3], stride=convs[0].conv.stride[0], **config)
+    return neck, [(r"^reduction_conv\.", "reduce."), (r"^fpn_convs\.", "outputs.")]
