@@ -63,8 +63,17 @@ PARITY_CASES: Dict[str, tuple] = {
     "hrfpn": ("hrfpn", "HRFPN", ([8, 16, 32], 16), dict(num_outs=4), [8, 16, 32], X2_SIZES),
     "hrfpn_max_stride2": ("hrfpn", "HRFPN", ([8, 16, 32], 16), dict(num_outs=3, pooling_type="MAX", stride=2),
                           [8, 16, 32], X2_SIZES),
+    "bfp": ("bfp", "BFP", (16, 3), dict(refine_level=1), [16] * 3, ODD_SIZES),
+    "bfp_conv_bn": ("bfp", "BFP", (16, 3), dict(refine_level=2, refine_type="conv", norm_cfg=dict(type="BN")),
+                    [16] * 3, ODD_SIZES),
+    "bfp_non_local": ("bfp", "BFP", (16, 3), dict(refine_level=1, refine_type="non_local"), [16] * 3, ODD_SIZES),
+    "bfp_non_local_gn": ("bfp", "BFP", (16, 3),
+                         dict(refine_level=0, refine_type="non_local", norm_cfg=dict(type="GN", num_groups=4)),
+                         [16] * 3, ODD_SIZES),
+    "ssh": ("ssh", "SSH", (3, [8, 16, 32], [16, 16, 32]), {}, [8, 16, 32], ODD_SIZES),
+    "ssh_no_norm": ("ssh", "SSH", (2, [8, 16], [8, 16]), dict(norm_cfg=None), [8, 16], ODD_SIZES[:2]),
 }
-FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn"]
+FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh"]
 
 
 def peer_outputs(peer: nn.Module, xs: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -109,25 +118,29 @@ def test_reproduces_mmdet_in_float32(case, record_property) -> None:
     assert diff <= 1e-5
 
 
-# peers whose configuration fpn_zoo does not reproduce: (file, class, args, kwargs, message)
+# peers whose configuration fpn_zoo does not reproduce: (file, class, args, kwargs, change after build, message)
 UNSUPPORTED = {
     "channel_mapper_bias_with_norm": ("channel_mapper", "ChannelMapper", ([8, 16], 16),
-                                      dict(norm_cfg=dict(type="BN"), bias=True), r"convs\.0\.conv\.bias"),
-    "channel_mapper_prelu": ("channel_mapper", "ChannelMapper", ([8, 16], 16),
-                             dict(act_cfg=dict(type="PReLU")), r"convs\.0\.activate: activation PReLU"),
-    "channel_mapper_order": ("channel_mapper", "ChannelMapper", ([8, 16], 16),
-                             dict(norm_cfg=dict(type="BN")), None),  # order changed below
+                                      dict(norm_cfg=dict(type="BN"), bias=True), None, r"convs\.0\.conv\.bias"),
+    "channel_mapper_prelu": ("channel_mapper", "ChannelMapper", ([8, 16], 16), dict(act_cfg=dict(type="PReLU")),
+                             None, r"convs\.0\.activate: activation PReLU"),
+    "channel_mapper_order": ("channel_mapper", "ChannelMapper", ([8, 16], 16), dict(norm_cfg=dict(type="BN")),
+                             lambda peer: setattr(peer.convs[0], "order", ("norm", "conv", "act")), r"convs\.0\.order"),
+    "bfp_scaled_attention": ("bfp", "BFP", (16, 3), dict(refine_level=1, refine_type="non_local"),
+                             lambda peer: setattr(peer.refine, "use_scale", True), r"BFP\.refine\.use_scale"),
+    "ssh_mixed_norms": ("ssh", "SSH", (2, [8, 16], [16, 16]), {},
+                        lambda peer: setattr(peer.ssh_module1.context_module.conv5x5_1.bn, "eps", 1e-3),
+                        r"SSH\.ssh_module1\.context_module\.conv5x5_1: norm/act .* differ"),
 }
 
 
 @pytest.mark.filterwarnings("ignore:Unnecessary conv bias")
 @pytest.mark.parametrize("case", sorted(UNSUPPORTED))
 def test_unsupported_peer_config_is_a_clear_error(case) -> None:
-    module, class_name, args, kwargs, message = UNSUPPORTED[case]
+    module, class_name, args, kwargs, change, message = UNSUPPORTED[case]
     peer = build_peer(module, class_name, args, kwargs)
-    if case == "channel_mapper_order":
-        peer.convs[0].order = ("norm", "conv", "act")
-        message = r"convs\.0\.order"
+    if change is not None:
+        change(peer)
     with pytest.raises(ValueError, match=message):
         from_mmdet_module(peer)
 
@@ -150,6 +163,9 @@ VARIANTS: Dict[str, Tuple[FeatureSpec, Dict[str, Any]]] = {
     "deformable_detr_mapper": (PYRAMID, dict(out_channels=16, norm_kwargs={"num_groups": 4})),
     "detr_input_proj": (FeatureSpec((32,), (32,)), dict(out_channels=16)),
     "hrfpn": (PYRAMID, dict(out_channels=16)),
+    "bfp": (FeatureSpec((16, 16, 16), (8, 16, 32)), dict(refine_level=1)),
+    "bfp_conv": (FeatureSpec((16, 16, 16), (8, 16, 32)), dict(norm="batchnorm")),
+    "ssh": (PYRAMID, dict(out_channels=[16, 16, 32])),
 }
 
 
@@ -177,7 +193,7 @@ def test_variant_outputs_match_feature_info_and_train(variant) -> None:
     assert not missing, f"parameters without gradient: {missing}"
 
 
-@pytest.mark.parametrize("variant", ["channel_mapper", "hrfpn"])
+@pytest.mark.parametrize("variant", ["channel_mapper", "hrfpn", "bfp", "ssh"])
 def test_nhwc_input_gives_the_nchw_result(variant) -> None:
     spec, overrides = VARIANTS[variant]
     neck = fpn_zoo.create_neck(variant, spec, **overrides).eval()
@@ -195,6 +211,12 @@ BAD_KNOBS = {
     "hrfpn_pooling": ("hrfpn", PYRAMID, dict(pooling="MAX"), "pooling must be one of"),
     "hrfpn_outputs": ("hrfpn", PYRAMID, dict(num_outputs=0), "num_outputs must be >= 1"),
     "hrfpn_vit": ("hrfpn", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
+    "bfp_unequal_channels": ("bfp", PYRAMID, {}, r"one channel count, got \[8, 16, 32\]: put it after"),
+    "bfp_refine_level": ("bfp", FeatureSpec((8, 8), (8, 16)), {}, r"refine_level must be an int in \[0, 2\)"),
+    "bfp_refine_type": ("bfp", FeatureSpec((8, 8), (8, 16)), dict(refine_level=0, refine_type="nonlocal"),
+                        "refine_type must be one of"),
+    "ssh_width": ("ssh", PYRAMID, dict(out_channels=10), "multiples of 4"),
+    "ssh_widths_length": ("ssh", PYRAMID, dict(out_channels=[8, 8]), "2 entries for 3 levels"),
 }
 
 

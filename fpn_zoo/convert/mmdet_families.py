@@ -206,3 +206,56 @@ def _hrfpn(peer: nn.Module) -> Tuple[nn.Module, Renames]:
     neck = _create("hrfpn", _spec(peer.in_channels), out_channels=peer.out_channels, num_outputs=len(convs),
                    pooling=pool[:3], stride=convs[0].conv.stride[0], **config)
     return neck, [(r"^reduction_conv\.", "reduce."), (r"^fpn_convs\.", "outputs.")]
+
+
+def _plain_1x1(module: nn.Module, where: str) -> None:
+    """A biased 1x1 ConvModule with neither norm nor activation (the non-local theta / phi / g)."""
+    config = conv_module_config(module, where)
+    _require(config["norm"] is None and config["act"] is None and module.conv.kernel_size == (1, 1),
+             f"{where}: expected a plain biased 1x1 conv, got norm={config['norm']!r}, act={config['act']!r}")
+
+
+@_converts("BFP")
+def _bfp(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+    config: Dict[str, Any] = {}
+    renames: List[Tuple[str, str]] = [(r"^refine\.", "refine.")]
+    if peer.refine_type == "conv":
+        config = conv_module_config(peer.refine, "BFP.refine")
+    elif peer.refine_type == "non_local":
+        block = peer.refine
+        _require(block.mode == "embedded_gaussian", f"BFP.refine.mode: {block.mode!r} is not 'embedded_gaussian'")
+        _require(not block.use_scale, "BFP.refine.use_scale: scaled attention is not supported")
+        _require(not block.sub_sample, "BFP.refine.sub_sample: a sub-sampled non-local block is not supported")
+        _require(block.inter_channels == block.in_channels,
+                 f"BFP.refine.reduction: {block.reduction} != 1 (fpn_zoo's block keeps the channels)")
+        for name in ("theta", "phi", "g"):
+            _plain_1x1(getattr(block, name), f"BFP.refine.{name}")
+        out_config = conv_module_config(block.conv_out, "BFP.refine.conv_out")
+        _require(out_config["act"] is None, "BFP.refine.conv_out.activate: an activation there is not supported")
+        config = {"norm": out_config["norm"], "norm_kwargs": out_config["norm_kwargs"]}
+        renames = [(r"^refine\.conv_out\.", "refine.out."), (r"^refine\.(theta|phi|g)\.", r"refine.\1.")]
+    neck = _create("bfp", _spec([peer.in_channels] * peer.num_levels), refine_level=peer.refine_level,
+                   refine_type=peer.refine_type, **config)
+    return neck, renames
+
+
+_SSH_BRANCHES = {"conv3x3": "conv3x3", "context_module.conv5x5_1": "context_stem",
+                 "context_module.conv5x5_2": "context5x5", "context_module.conv7x7_2": "context7x7.0",
+                 "context_module.conv7x7_3": "context7x7.1"}
+
+
+@_converts("SSH")
+def _ssh(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+    levels = [getattr(peer, f"ssh_module{i}") for i in range(peer.num_scales)]
+    stems = [(f"ssh_module{i}.context_module.conv5x5_1", m.context_module.conv5x5_1) for i, m in enumerate(levels)]
+    config = _same_config(stems, "SSH")
+    _require(config["act"] == "relu", f"SSH.ssh_module0.context_module.conv5x5_1.activate: mmdet's SSH ends "
+                                      f"in F.relu, so its convs' activation must be ReLU, got {config['act']!r}")
+    plain = _same_config([(f"ssh_module{i}.{branch}", m.get_submodule(branch)) for i, m in enumerate(levels)
+                          for branch in ("conv3x3", "context_module.conv5x5_2", "context_module.conv7x7_3")], "SSH")
+    _require(plain["norm"] == config["norm"] and plain["norm_kwargs"] == config["norm_kwargs"]
+             and plain["act"] is None, f"SSH: branch convs {plain} do not match the stem {config}")
+    neck = _create("ssh", _spec(peer.in_channels), out_channels=list(peer.out_channels), **config)
+    renames = [(rf"^ssh_module(\d+)\.{re.escape(theirs)}\.", rf"levels.\1.{ours}.")
+               for theirs, ours in _SSH_BRANCHES.items()]
+    return neck, renames

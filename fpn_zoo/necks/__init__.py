@@ -4,5 +4,7 @@ from . import bifpn, graph_family  # noqa: F401
 from . import chain, csp_pan, simple_pyramid  # noqa: F401
 from . import channel_mapper  # noqa: F401
 from . import hrfpn  # noqa: F401
+from . import bfp  # noqa: F401
+from . import ssh  # noqa: F401
 
 __all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]
