@@ -72,12 +72,20 @@ PARITY_CASES: Dict[str, tuple] = {
                          [16] * 3, ODD_SIZES),
     "ssh": ("ssh", "SSH", (3, [8, 16, 32], [16, 16, 32]), {}, [8, 16, 32], ODD_SIZES),
     "ssh_no_norm": ("ssh", "SSH", (2, [8, 16], [8, 16]), dict(norm_cfg=None), [8, 16], ODD_SIZES[:2]),
+    "dilated_encoder": ("dilated_encoder", "DilatedEncoder", (32, 16, 8, 2, [2, 4]), {}, [32], ODD_SIZES[1:2]),
+    "dilated_encoder_yolof_depth": ("dilated_encoder", "DilatedEncoder", (16, 16, 8, 4, [2, 4, 6, 8]), {}, [8, 16],
+                                    ODD_SIZES[:2]),  # a finer map beside it, ignored like mmdet's feature[-1]
+    "yolov3_neck": ("yolo_neck", "YOLOV3Neck", (3, [32, 16, 8], [16, 8, 4]), {}, [8, 16, 32], X2_SIZES),
+    "yolov3_neck_relu_no_norm": ("yolo_neck", "YOLOV3Neck", (2, [16, 8], [8, 8]),
+                                 dict(norm_cfg=None, act_cfg=dict(type="ReLU")), [8, 16], X2_SIZES[:2]),
 }
-FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh"]
+FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck"]
+COARSEST_FIRST_PEERS = ("YOLOV3Neck",)  # fpn_zoo returns these finest first
 
 
 def peer_outputs(peer: nn.Module, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-    return list(peer(xs))
+    outs = list(peer(xs))
+    return outs[::-1] if type(peer).__name__ in COARSEST_FIRST_PEERS else outs
 
 
 def max_diff(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor], relative: bool = False) -> float:
@@ -96,6 +104,11 @@ def test_reproduces_mmdet_in_float64(case, record_property) -> None:
     peer = build_peer(module, class_name, args, kwargs).double()
     neck = from_mmdet_module(peer)
     assert not neck.training
+    if case == "dilated_encoder_yolof_depth":  # the peer ignores the finer map; our spec has only the one read
+        xs = inputs(channels, sizes)
+        with torch.no_grad():
+            assert max_diff(peer_outputs(peer, xs), neck(xs[-1:])) <= 1e-10
+        return
     assert n_params(neck) == n_params(peer)
     xs = inputs(channels, sizes)
     with torch.no_grad():
@@ -131,6 +144,10 @@ UNSUPPORTED = {
     "ssh_mixed_norms": ("ssh", "SSH", (2, [8, 16], [16, 16]), {},
                         lambda peer: setattr(peer.ssh_module1.context_module.conv5x5_1.bn, "eps", 1e-3),
                         r"SSH\.ssh_module1\.context_module\.conv5x5_1: norm/act .* differ"),
+    "dilated_encoder_norm_eps": ("dilated_encoder", "DilatedEncoder", (16, 16, 8, 1, [2]), {},
+                                 lambda peer: setattr(peer.lateral_norm, "eps", 1e-3), r"DilatedEncoder\.lateral_norm"),
+    "yolov3_neck_mixed_acts": ("yolo_neck", "YOLOV3Neck", (2, [16, 8], [8, 8]), {},
+                               lambda peer: setattr(peer.conv1, "activate", nn.ReLU()), r"YOLOV3Neck\.conv1: norm/act"),
 }
 
 
@@ -166,6 +183,8 @@ VARIANTS: Dict[str, Tuple[FeatureSpec, Dict[str, Any]]] = {
     "bfp": (FeatureSpec((16, 16, 16), (8, 16, 32)), dict(refine_level=1)),
     "bfp_conv": (FeatureSpec((16, 16, 16), (8, 16, 32)), dict(norm="batchnorm")),
     "ssh": (PYRAMID, dict(out_channels=[16, 16, 32])),
+    "yolof_dilated_encoder": (FeatureSpec((32,), (32,)), dict(out_channels=16, block_mid_channels=8)),
+    "yolov3_neck": (PYRAMID, {}),
 }
 
 
@@ -193,7 +212,7 @@ def test_variant_outputs_match_feature_info_and_train(variant) -> None:
     assert not missing, f"parameters without gradient: {missing}"
 
 
-@pytest.mark.parametrize("variant", ["channel_mapper", "hrfpn", "bfp", "ssh"])
+@pytest.mark.parametrize("variant", ["channel_mapper", "hrfpn", "bfp", "ssh", "yolof_dilated_encoder", "yolov3_neck"])
 def test_nhwc_input_gives_the_nchw_result(variant) -> None:
     spec, overrides = VARIANTS[variant]
     neck = fpn_zoo.create_neck(variant, spec, **overrides).eval()
@@ -217,6 +236,11 @@ BAD_KNOBS = {
                         "refine_type must be one of"),
     "ssh_width": ("ssh", PYRAMID, dict(out_channels=10), "multiples of 4"),
     "ssh_widths_length": ("ssh", PYRAMID, dict(out_channels=[8, 8]), "2 entries for 3 levels"),
+    "dilated_encoder_pyramid": ("yolof_dilated_encoder", PYRAMID, {}, r"out_indices=\(-1,\)"),
+    "dilated_encoder_dilations": ("yolof_dilated_encoder", FeatureSpec((8,), (32,)), dict(dilations=[2, 0]),
+                                  "dilations must be a list of positive ints"),
+    "yolov3_widths_length": ("yolov3_neck", PYRAMID, dict(out_channels=[8, 8]), "2 entries for 3 levels"),
+    "yolov3_vit": ("yolov3_neck", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
 }
 
 
@@ -225,3 +249,20 @@ def test_bad_knobs_are_clear_errors(case) -> None:
     variant, spec, overrides, message = BAD_KNOBS[case]
     with pytest.raises(ValueError, match=message):
         fpn_zoo.create_neck(variant, spec, **overrides)
+
+
+def test_dilated_encoder_takes_the_last_map_of_a_single_stride_backbone() -> None:
+    vit = FeatureSpec((16, 16), (16, 16))
+    neck = fpn_zoo.create_neck("yolof_dilated_encoder", vit, out_channels=16, block_mid_channels=8).eval()
+    xs = spec_inputs(vit)
+    with torch.no_grad():
+        first, = neck(xs)
+        again, = neck([torch.zeros_like(xs[0]), xs[1]])
+    assert neck.feature_info.reduction() == [16] and first.shape[-2:] == xs[1].shape[-2:]
+    assert torch.equal(first, again)  # the finer-block map is not read
+
+
+def test_yolov3_neck_widths_default_to_half_the_inputs() -> None:
+    neck = fpn_zoo.create_neck("yolov3_neck", FeatureSpec((64, 128, 256), (8, 16, 32)))
+    assert neck.feature_info.channels() == [32, 64, 128]
+    assert neck.detect[0][0].act.negative_slope == 0.1  # YOLOv3's slope, not timm's 0.01

@@ -22,6 +22,12 @@ import torch
 from torch import nn
 
 from .._features import FeatureSpec
+from ..necks.bfp import bfp
+from ..necks.channel_mapper import channel_mapper
+from ..necks.dilated_encoder import dilated_encoder
+from ..necks.hrfpn import hrfpn
+from ..necks.ssh import ssh
+from ..necks.yolov3_neck import yolov3_neck
 
 __all__ = ["from_mmdet_module", "CONVERTERS", "conv_module_config"]
 
@@ -29,6 +35,10 @@ __all__ = ["from_mmdet_module", "CONVERTERS", "conv_module_config"]
 Renames = Sequence[Tuple[str, str]]
 Converter = Callable[[nn.Module], Tuple[nn.Module, Renames]]
 CONVERTERS: Dict[str, Converter] = {}
+_BUILDERS: Dict[str, Callable[..., nn.Module]] = {
+    "bfp": bfp, "channel_mapper": channel_mapper, "dilated_encoder": dilated_encoder, "hrfpn": hrfpn, "ssh": ssh,
+    "yolov3_neck": yolov3_neck,
+}
 
 
 def _converts(class_name: str) -> Callable[[Converter], Converter]:
@@ -169,9 +179,8 @@ def _spec(channels: Sequence[int], reductions: Optional[Sequence[int]] = None) -
 
 
 def _create(family: str, spec: FeatureSpec, **kwargs: Any) -> nn.Module:
-    from .._factory import create_neck  # the factory imports the families; keep this module a leaf
-
-    return create_neck(family, spec, **kwargs)
+    """The family's builder itself (not a registry variant, whose args would mix in)."""
+    return _BUILDERS[family](spec, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ the families
@@ -258,4 +267,45 @@ def _ssh(peer: nn.Module) -> Tuple[nn.Module, Renames]:
     neck = _create("ssh", _spec(peer.in_channels), out_channels=list(peer.out_channels), **config)
     renames = [(rf"^ssh_module(\d+)\.{re.escape(theirs)}\.", rf"levels.\1.{ours}.")
                for theirs, ours in _SSH_BRANCHES.items()]
+    return neck, renames
+
+
+@_converts("DilatedEncoder")
+def _dilated_encoder(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+    norms = [(name, getattr(peer, name)) for name in ("lateral_norm", "fpn_norm")]
+    configs = {name: _norm_config(norm, f"DilatedEncoder.{name}") for name, norm in norms}
+    blocks = list(peer.dilated_encoder_blocks)
+    convs = [(f"dilated_encoder_blocks.{i}.{c}", getattr(b, c)) for i, b in enumerate(blocks)
+             for c in ("conv1", "conv2", "conv3")]
+    config = _same_config(convs, "DilatedEncoder") if convs else {"norm": configs["lateral_norm"][0],
+                                                                  "norm_kwargs": configs["lateral_norm"][1]}
+    for name, (norm, kwargs) in configs.items():
+        _require(norm == config["norm"] and kwargs == config["norm_kwargs"],
+                 f"DilatedEncoder.{name}: {norm} {kwargs} differs from the blocks' {config['norm']} "
+                 f"{config['norm_kwargs']}")
+    dilations = [b.conv2.conv.dilation[0] for b in blocks]
+    for i, b in enumerate(blocks):
+        _require(b.conv2.conv.padding == b.conv2.conv.dilation,
+                 f"DilatedEncoder.dilated_encoder_blocks.{i}.conv2.conv.padding: only 'same' padding converts")
+    neck = _create("dilated_encoder", _spec([peer.in_channels], [32]), out_channels=peer.out_channels,
+                   block_mid_channels=peer.block_mid_channels, dilations=dilations, **config)
+    renames = [(r"^lateral_conv\.", "lateral.conv."), (r"^lateral_norm\.", "lateral.norm."),
+               (r"^fpn_conv\.", "output.conv."), (r"^fpn_norm\.", "output.norm."),
+               (r"^dilated_encoder_blocks\.(\d+)\.conv1\.", r"blocks.\1.reduce."),
+               (r"^dilated_encoder_blocks\.(\d+)\.conv2\.", r"blocks.\1.dilated."),
+               (r"^dilated_encoder_blocks\.(\d+)\.conv3\.", r"blocks.\1.expand.")]
+    return neck, renames
+
+
+@_converts("YOLOV3Neck")
+def _yolov3_neck(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+    n = peer.num_scales
+    convs = [(f"detect{k}.conv{j}", peer.get_submodule(f"detect{k}.conv{j}")) for k in range(1, n + 1)
+             for j in range(1, 6)] + [(f"conv{k}", getattr(peer, f"conv{k}")) for k in range(1, n)]
+    config = _same_config(convs, "YOLOV3Neck")
+    # mmdet lists levels coarsest first; fpn_zoo finest first: mmdet's detect{k} is level n - k.
+    neck = _create("yolov3_neck", _spec(list(peer.in_channels)[::-1]), out_channels=list(peer.out_channels)[::-1],
+                   **config)
+    renames = [(rf"^detect{k}\.conv{j}\.", f"detect.{n - k}.{j - 1}.") for k in range(1, n + 1) for j in range(1, 6)]
+    renames += [(rf"^conv{k}\.", f"bridges.{n - 1 - k}.") for k in range(1, n)]
     return neck, renames

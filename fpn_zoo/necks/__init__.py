@@ -6,5 +6,7 @@ from . import channel_mapper  # noqa: F401
 from . import hrfpn  # noqa: F401
 from . import bfp  # noqa: F401
 from . import ssh  # noqa: F401
+from . import dilated_encoder  # noqa: F401
+from . import yolov3_neck  # noqa: F401
 
 __all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]
