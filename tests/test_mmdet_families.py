@@ -20,6 +20,7 @@ from fpn_zoo.convert.mmdet_families import from_mmdet_module
 
 ODD_SIZES = [(29, 42), (15, 21), (8, 11)]  # strides 8/16/32 of a 225 x 333 image
 X2_SIZES = [(32, 44), (16, 22), (8, 11)]  # for peers that upsample by a fixed factor (HRFPN, YOLOV3Neck)
+SSD_SIZES = [(76, 89), (38, 45)]  # SSD300's unpadded convs need 3x3 maps at stride 64
 
 
 def randomize_norms(module: nn.Module) -> None:
@@ -47,6 +48,8 @@ def build_peer(module: str, class_name: str, args: tuple, kwargs: Dict[str, Any]
         for p in peer.parameters():  # mmcv zero-inits some layers (non-local out): make every weight count
             if (p == 0).all():
                 p.uniform_(-0.2, 0.2)
+        if hasattr(peer, "l2_norm"):  # SSD's L2Norm weight is allocated uninitialised
+            peer.l2_norm.weight.uniform_(10, 30)
         randomize_norms(peer)
     return peer.eval()
 
@@ -78,8 +81,19 @@ PARITY_CASES: Dict[str, tuple] = {
     "yolov3_neck": ("yolo_neck", "YOLOV3Neck", (3, [32, 16, 8], [16, 8, 4]), {}, [8, 16, 32], X2_SIZES),
     "yolov3_neck_relu_no_norm": ("yolo_neck", "YOLOV3Neck", (2, [16, 8], [8, 8]),
                                  dict(norm_cfg=None, act_cfg=dict(type="ReLU")), [8, 16], X2_SIZES[:2]),
+    "ssd300": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 16, 8, 8, 8], [2, 2, 1, 1], [1, 1, 0, 0]), {}, [8, 16],
+               SSD_SIZES),
+    "ssd512": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 16, 8, 8, 8, 8], [2, 2, 2, 2, 1], [1, 1, 1, 1, 1]),
+               dict(last_kernel_size=4), [8, 16], SSD_SIZES),
+    "ssdlite": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 16, 8, 8, 8], [2, 2, 2, 2], [1, 1, 1, 1]),
+                dict(l2_norm_scale=None, use_depthwise=True, norm_cfg=dict(type="BN", eps=0.001, momentum=0.03),
+                     act_cfg=dict(type="ReLU6")), [8, 16], SSD_SIZES),
 }
-FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck"]
+FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300"]
+# mmdet modules do not record their inputs' strides (nor SSDNeck its input levels): the backbone levels
+FEATURES = {case: FeatureSpec((8, 16), (8, 16)) for case in ("ssd300", "ssd512", "ssdlite")}
+# mmdet's L2Norm computes in float32 whatever the input dtype; fpn_zoo's in float64 for float64 maps
+FLOAT32_LEVELS = {"ssd300": [0], "ssd512": [0]}
 COARSEST_FIRST_PEERS = ("YOLOV3Neck",)  # fpn_zoo returns these finest first
 
 
@@ -102,7 +116,7 @@ def max_diff(ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor], relative:
 def test_reproduces_mmdet_in_float64(case, record_property) -> None:
     module, class_name, args, kwargs, channels, sizes = PARITY_CASES[case]
     peer = build_peer(module, class_name, args, kwargs).double()
-    neck = from_mmdet_module(peer)
+    neck = from_mmdet_module(peer, FEATURES.get(case))
     assert not neck.training
     if case == "dilated_encoder_yolof_depth":  # the peer ignores the finer map; our spec has only the one read
         xs = inputs(channels, sizes)
@@ -112,7 +126,11 @@ def test_reproduces_mmdet_in_float64(case, record_property) -> None:
     assert n_params(neck) == n_params(peer)
     xs = inputs(channels, sizes)
     with torch.no_grad():
-        diff = max_diff(peer_outputs(peer, xs), neck(xs))
+        ref, got = peer_outputs(peer, xs), neck(xs)
+    for level in FLOAT32_LEVELS.get(case, []):
+        assert max_diff(ref[level:level + 1], got[level:level + 1], relative=True) <= 1e-6
+        ref[level] = got[level]
+    diff = max_diff(ref, got)
     record_property("max_abs_diff_float64", diff)
     print(f"{case}: float64 max abs diff {diff:.3g}")
     assert diff <= 1e-10
@@ -122,7 +140,7 @@ def test_reproduces_mmdet_in_float64(case, record_property) -> None:
 def test_reproduces_mmdet_in_float32(case, record_property) -> None:
     module, class_name, args, kwargs, channels, sizes = PARITY_CASES[case]
     peer = build_peer(module, class_name, args, kwargs)
-    neck = from_mmdet_module(peer)
+    neck = from_mmdet_module(peer, FEATURES.get(case))
     xs = inputs(channels, sizes, torch.float32)
     with torch.no_grad():
         diff = max_diff(peer_outputs(peer, xs), neck(xs), relative=True)
@@ -148,6 +166,8 @@ UNSUPPORTED = {
                                  lambda peer: setattr(peer.lateral_norm, "eps", 1e-3), r"DilatedEncoder\.lateral_norm"),
     "yolov3_neck_mixed_acts": ("yolo_neck", "YOLOV3Neck", (2, [16, 8], [8, 8]), {},
                                lambda peer: setattr(peer.conv1, "activate", nn.ReLU()), r"YOLOV3Neck\.conv1: norm/act"),
+    "ssd_without_features": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 8], [2], [1]), {}, None,
+                             "SSDNeck does not record its input levels: pass features="),
 }
 
 
@@ -185,6 +205,7 @@ VARIANTS: Dict[str, Tuple[FeatureSpec, Dict[str, Any]]] = {
     "ssh": (PYRAMID, dict(out_channels=[16, 16, 32])),
     "yolof_dilated_encoder": (FeatureSpec((32,), (32,)), dict(out_channels=16, block_mid_channels=8)),
     "yolov3_neck": (PYRAMID, {}),
+    "ssdlite_neck": (FeatureSpec((16, 32), (16, 32)), dict(extra_channels=[16, 8, 8, 8])),
 }
 
 
@@ -241,6 +262,10 @@ BAD_KNOBS = {
                                   "dilations must be a list of positive ints"),
     "yolov3_widths_length": ("yolov3_neck", PYRAMID, dict(out_channels=[8, 8]), "2 entries for 3 levels"),
     "yolov3_vit": ("yolov3_neck", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
+    "ssd_lengths": ("ssd_neck", PYRAMID, dict(strides=[2, 2]), "one entry per extra level, got 4, 2 and 4"),
+    "ssd_odd_channels": ("ssd_neck", PYRAMID, dict(extra_channels=[8, 7, 8, 8]), "must be even"),
+    "ssd_l2_scale": ("ssd_neck", PYRAMID, dict(l2_norm_scale=-1.0), "l2_norm_scale must be a non-negative"),
+    "ssd_paddings": ("ssd_neck", PYRAMID, dict(paddings=[1, 1, -1, 0]), "paddings must be a list of ints >= 0"),
 }
 
 
@@ -266,3 +291,27 @@ def test_yolov3_neck_widths_default_to_half_the_inputs() -> None:
     neck = fpn_zoo.create_neck("yolov3_neck", FeatureSpec((64, 128, 256), (8, 16, 32)))
     assert neck.feature_info.channels() == [32, 64, 128]
     assert neck.detect[0][0].act.negative_slope == 0.1  # YOLOv3's slope, not timm's 0.01
+
+
+def test_ssd300_unpadded_levels_keep_the_stride_and_trim_the_border() -> None:
+    vgg = FeatureSpec((16, 32), (8, 16))  # conv4_3 and fc7 of a 300 px image: 38 and 19
+    neck = fpn_zoo.create_neck("ssd_neck", vgg, extra_channels=(32, 16, 16, 16)).train()
+    assert neck.feature_info.reduction() == [8, 16, 32, 64, 64, 64]
+    assert neck.feature_info.channels() == [16, 32, 32, 16, 16, 16]
+    torch.manual_seed(0)
+    outs = neck([torch.randn(2, 16, 38, 38), torch.randn(2, 32, 19, 19)])
+    assert [o.shape[-1] for o in outs] == [38, 19, 10, 5, 3, 1]  # SSD300's map sizes
+    assert [o.shape[1] for o in outs] == neck.feature_info.channels()
+    sum(o.square().mean() for o in outs).backward()
+    assert all(p.grad is not None for p in neck.parameters())
+    l2 = neck([torch.randn(2, 16, 38, 38) * 100, torch.randn(2, 32, 19, 19)])[0]
+    assert torch.allclose(l2.norm(dim=1), torch.full_like(l2[:, 0], 20.0), rtol=1e-4)  # scale-free, x20
+
+
+def test_ssd512_levels() -> None:
+    vgg = FeatureSpec((16, 32), (8, 16))  # 512 px: 64 and 32
+    neck = fpn_zoo.create_neck("ssd512_neck", vgg, extra_channels=(32, 16, 16, 16, 16)).eval()
+    assert neck.feature_info.reduction() == [8, 16, 32, 64, 128, 256, 256]
+    with torch.no_grad():
+        outs = neck([torch.randn(1, 16, 64, 64), torch.randn(1, 32, 32, 32)])
+    assert [o.shape[-1] for o in outs] == [64, 32, 16, 8, 4, 2, 1]  # SSD512's map sizes

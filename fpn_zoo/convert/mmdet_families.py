@@ -26,6 +26,7 @@ from ..necks.bfp import bfp
 from ..necks.channel_mapper import channel_mapper
 from ..necks.dilated_encoder import dilated_encoder
 from ..necks.hrfpn import hrfpn
+from ..necks.ssd_neck import ssd_neck
 from ..necks.ssh import ssh
 from ..necks.yolov3_neck import yolov3_neck
 
@@ -33,11 +34,11 @@ __all__ = ["from_mmdet_module", "CONVERTERS", "conv_module_config"]
 
 # (pattern, replacement) pairs applied to peer keys, first match wins.
 Renames = Sequence[Tuple[str, str]]
-Converter = Callable[[nn.Module], Tuple[nn.Module, Renames]]
+Converter = Callable[[nn.Module, Optional[FeatureSpec]], Tuple[nn.Module, Renames]]
 CONVERTERS: Dict[str, Converter] = {}
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "bfp": bfp, "channel_mapper": channel_mapper, "dilated_encoder": dilated_encoder, "hrfpn": hrfpn, "ssh": ssh,
-    "yolov3_neck": yolov3_neck,
+    "ssd_neck": ssd_neck, "yolov3_neck": yolov3_neck,
 }
 
 
@@ -49,15 +50,18 @@ def _converts(class_name: str) -> Callable[[Converter], Converter]:
     return decorator
 
 
-def from_mmdet_module(peer: nn.Module) -> nn.Module:
+def from_mmdet_module(peer: nn.Module, features: Any = None) -> nn.Module:
     """Build the fpn_zoo neck equivalent to an mmdet neck module and load its weights.
 
     The result has the peer's dtype, device and train/eval mode. Its outputs are the peer's, in the same
     order, except where a family's docstring says otherwise (``yolov3_neck`` returns finest first).
 
     Args:
-        peer: a built mmdet 3.3 neck (``ChannelMapper``, ``HRFPN``, ``BFP``, ``SSH``, ``DilatedEncoder``,
-            ``YOLOV3Neck``).
+        peer: a built mmdet 3.3 neck (see :data:`CONVERTERS`).
+        features: the backbone levels the peer runs on (a timm model, ``feature_info``, ``FeatureSpec`` ...),
+            for the true strides in ``feature_info``; their channels must be the peer's. Default: the peer's
+            channels at strides 8, 16, 32 ... (mmdet modules do not record strides). ``SSDNeck`` records
+            neither its input channels nor their number, so it needs ``features``.
 
     Raises:
         TypeError: ``peer`` is not an ``nn.Module``.
@@ -70,7 +74,8 @@ def from_mmdet_module(peer: nn.Module) -> nn.Module:
     converter = CONVERTERS.get(name)
     if converter is None:
         raise ValueError(f"no fpn_zoo converter for mmdet {name}; supported: {sorted(CONVERTERS)}")
-    neck, renames = converter(peer)
+    hint = None if features is None else FeatureSpec.resolve(features)
+    neck, renames = converter(peer, hint)
     param = next(peer.parameters(), None)
     if param is not None:
         neck.to(device=param.device, dtype=param.dtype)
@@ -123,9 +128,11 @@ def _act_config(act: nn.Module, where: str) -> Tuple[Optional[str], Dict[str, An
         return "relu", {}
     if kind == "LeakyReLU":
         return "leaky_relu", {"negative_slope": act.negative_slope}
+    if kind == "ReLU6":
+        return "relu6", {}
     if kind in ("SiLU", "Swish"):  # mmcv's Swish is x * sigmoid(x)
         return "silu", {}
-    raise ValueError(f"{where}: activation {kind} has no fpn_zoo equivalent (ReLU, LeakyReLU, SiLU)")
+    raise ValueError(f"{where}: activation {kind} has no fpn_zoo equivalent (ReLU, ReLU6, LeakyReLU, SiLU)")
 
 
 def conv_module_config(module: nn.Module, where: str) -> Dict[str, Any]:
@@ -170,12 +177,14 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _spec(channels: Sequence[int], reductions: Optional[Sequence[int]] = None) -> FeatureSpec:
-    """The input spec: mmdet modules know their channels, not the strides; assume a x2 pyramid."""
+def _spec(channels: Sequence[int], hint: Optional[FeatureSpec], owner: str, first_stride: int = 8) -> FeatureSpec:
+    """The input spec: the caller's ``features`` (checked against the peer's channels), else a x2 pyramid."""
     channels = tuple(int(c) for c in channels)
-    if reductions is None:
-        reductions = tuple(2 ** (3 + i) for i in range(len(channels)))
-    return FeatureSpec(channels, tuple(reductions))
+    if hint is not None:
+        _require(hint.channels == channels, f"{owner}: features have channels {list(hint.channels)}, but the "
+                                            f"peer takes {list(channels)}")
+        return hint
+    return FeatureSpec(channels, tuple(first_stride * 2 ** i for i in range(len(channels))))
 
 
 def _create(family: str, spec: FeatureSpec, **kwargs: Any) -> nn.Module:
@@ -187,7 +196,7 @@ def _create(family: str, spec: FeatureSpec, **kwargs: Any) -> nn.Module:
 
 
 @_converts("ChannelMapper")
-def _channel_mapper(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+def _channel_mapper(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
     convs = list(peer.convs)
     extras = list(peer.extra_convs or [])
     config = _same_config([(f"convs.{i}", m) for i, m in enumerate(convs)]
@@ -199,20 +208,21 @@ def _channel_mapper(peer: nn.Module) -> Tuple[nn.Module, Renames]:
                  f"ChannelMapper.convs.{i}.conv: only square odd kernels, 'same' padding, stride 1 convert")
     _require(kernel[0] == kernel[1] and kernel[0] % 2 == 1,
              f"ChannelMapper.convs.0.conv.kernel_size: {kernel} is not square and odd")
-    neck = _create("channel_mapper", _spec([m.conv.in_channels for m in convs]),
+    neck = _create("channel_mapper", _spec([m.conv.in_channels for m in convs], hint, "ChannelMapper"),
                    out_channels=convs[0].conv.out_channels, kernel_size=kernel[0], extra_levels=len(extras),
                    **config)
     return neck, [(r"^convs\.", "projs."), (r"^extra_convs\.", "extras.")]
 
 
 @_converts("HRFPN")
-def _hrfpn(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+def _hrfpn(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
     convs = list(peer.fpn_convs)
     config = _same_config([("reduction_conv", peer.reduction_conv)]
                           + [(f"fpn_convs.{i}", m) for i, m in enumerate(convs)], "HRFPN")
     pool = getattr(peer.pooling, "__name__", "")
     _require(pool in ("avg_pool2d", "max_pool2d"), f"HRFPN.pooling: {peer.pooling!r} is not avg/max pooling")
-    neck = _create("hrfpn", _spec(peer.in_channels), out_channels=peer.out_channels, num_outputs=len(convs),
+    neck = _create("hrfpn", _spec(peer.in_channels, hint, "HRFPN"), out_channels=peer.out_channels,
+                   num_outputs=len(convs),
                    pooling=pool[:3], stride=convs[0].conv.stride[0], **config)
     return neck, [(r"^reduction_conv\.", "reduce."), (r"^fpn_convs\.", "outputs.")]
 
@@ -225,7 +235,7 @@ def _plain_1x1(module: nn.Module, where: str) -> None:
 
 
 @_converts("BFP")
-def _bfp(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+def _bfp(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
     config: Dict[str, Any] = {}
     renames: List[Tuple[str, str]] = [(r"^refine\.", "refine.")]
     if peer.refine_type == "conv":
@@ -243,7 +253,8 @@ def _bfp(peer: nn.Module) -> Tuple[nn.Module, Renames]:
         _require(out_config["act"] is None, "BFP.refine.conv_out.activate: an activation there is not supported")
         config = {"norm": out_config["norm"], "norm_kwargs": out_config["norm_kwargs"]}
         renames = [(r"^refine\.conv_out\.", "refine.out."), (r"^refine\.(theta|phi|g)\.", r"refine.\1.")]
-    neck = _create("bfp", _spec([peer.in_channels] * peer.num_levels), refine_level=peer.refine_level,
+    neck = _create("bfp", _spec([peer.in_channels] * peer.num_levels, hint, "BFP"),
+                   refine_level=peer.refine_level,
                    refine_type=peer.refine_type, **config)
     return neck, renames
 
@@ -254,7 +265,7 @@ _SSH_BRANCHES = {"conv3x3": "conv3x3", "context_module.conv5x5_1": "context_stem
 
 
 @_converts("SSH")
-def _ssh(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+def _ssh(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
     levels = [getattr(peer, f"ssh_module{i}") for i in range(peer.num_scales)]
     stems = [(f"ssh_module{i}.context_module.conv5x5_1", m.context_module.conv5x5_1) for i, m in enumerate(levels)]
     config = _same_config(stems, "SSH")
@@ -264,14 +275,14 @@ def _ssh(peer: nn.Module) -> Tuple[nn.Module, Renames]:
                           for branch in ("conv3x3", "context_module.conv5x5_2", "context_module.conv7x7_3")], "SSH")
     _require(plain["norm"] == config["norm"] and plain["norm_kwargs"] == config["norm_kwargs"]
              and plain["act"] is None, f"SSH: branch convs {plain} do not match the stem {config}")
-    neck = _create("ssh", _spec(peer.in_channels), out_channels=list(peer.out_channels), **config)
+    neck = _create("ssh", _spec(peer.in_channels, hint, "SSH"), out_channels=list(peer.out_channels), **config)
     renames = [(rf"^ssh_module(\d+)\.{re.escape(theirs)}\.", rf"levels.\1.{ours}.")
                for theirs, ours in _SSH_BRANCHES.items()]
     return neck, renames
 
 
 @_converts("DilatedEncoder")
-def _dilated_encoder(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+def _dilated_encoder(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
     norms = [(name, getattr(peer, name)) for name in ("lateral_norm", "fpn_norm")]
     configs = {name: _norm_config(norm, f"DilatedEncoder.{name}") for name, norm in norms}
     blocks = list(peer.dilated_encoder_blocks)
@@ -287,7 +298,8 @@ def _dilated_encoder(peer: nn.Module) -> Tuple[nn.Module, Renames]:
     for i, b in enumerate(blocks):
         _require(b.conv2.conv.padding == b.conv2.conv.dilation,
                  f"DilatedEncoder.dilated_encoder_blocks.{i}.conv2.conv.padding: only 'same' padding converts")
-    neck = _create("dilated_encoder", _spec([peer.in_channels], [32]), out_channels=peer.out_channels,
+    spec = _spec([peer.in_channels], hint, "DilatedEncoder", first_stride=32)
+    neck = _create("dilated_encoder", spec, out_channels=peer.out_channels,
                    block_mid_channels=peer.block_mid_channels, dilations=dilations, **config)
     renames = [(r"^lateral_conv\.", "lateral.conv."), (r"^lateral_norm\.", "lateral.norm."),
                (r"^fpn_conv\.", "output.conv."), (r"^fpn_norm\.", "output.norm."),
@@ -298,14 +310,65 @@ def _dilated_encoder(peer: nn.Module) -> Tuple[nn.Module, Renames]:
 
 
 @_converts("YOLOV3Neck")
-def _yolov3_neck(peer: nn.Module) -> Tuple[nn.Module, Renames]:
+def _yolov3_neck(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
     n = peer.num_scales
     convs = [(f"detect{k}.conv{j}", peer.get_submodule(f"detect{k}.conv{j}")) for k in range(1, n + 1)
              for j in range(1, 6)] + [(f"conv{k}", getattr(peer, f"conv{k}")) for k in range(1, n)]
     config = _same_config(convs, "YOLOV3Neck")
     # mmdet lists levels coarsest first; fpn_zoo finest first: mmdet's detect{k} is level n - k.
-    neck = _create("yolov3_neck", _spec(list(peer.in_channels)[::-1]), out_channels=list(peer.out_channels)[::-1],
+    neck = _create("yolov3_neck", _spec(list(peer.in_channels)[::-1], hint, "YOLOV3Neck"),
+                   out_channels=list(peer.out_channels)[::-1],
                    **config)
     renames = [(rf"^detect{k}\.conv{j}\.", f"detect.{n - k}.{j - 1}.") for k in range(1, n + 1) for j in range(1, 6)]
     renames += [(rf"^conv{k}\.", f"bridges.{n - 1 - k}.") for k in range(1, n)]
+    return neck, renames
+
+
+def _padded_conv(module: nn.Module, where: str) -> Tuple[Dict[str, Any], nn.Conv2d]:
+    config = conv_module_config(module, where)
+    conv = module.conv
+    _require(conv.dilation == (1, 1) and conv.kernel_size[0] == conv.kernel_size[1]
+             and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1],
+             f"{where}.conv: only square kernels, strides and paddings without dilation convert")
+    return config, conv
+
+
+@_converts("SSDNeck")
+def _ssd_neck(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
+    _require(hint is not None, "SSDNeck does not record its input levels: pass features= (the backbone, its "
+                               "feature_info or a FeatureSpec) to from_mmdet_module")
+    l2_norm = getattr(peer, "l2_norm", None)
+    if l2_norm is not None:
+        _require(l2_norm.eps == 1e-10, f"SSDNeck.l2_norm.eps: {l2_norm.eps} is not 1e-10")
+        _require(hint.channels[0] == l2_norm.n_dims, f"SSDNeck.l2_norm: normalises {l2_norm.n_dims} channels, but "
+                                                     f"the finest of features has {hint.channels[0]}")
+    layers = list(peer.extra_layers)
+    separable = type(layers[0][1]).__name__ == "DepthwiseSeparableConvModule"
+    convs, spatial = [], []
+    for i, (reduce, second) in enumerate(layers):
+        convs.append((f"extra_layers.{i}.0", reduce))
+        if separable:
+            _require(type(second).__name__ == "DepthwiseSeparableConvModule",
+                     f"SSDNeck.extra_layers.{i}.1: mixes separable and plain convs")
+            convs += [(f"extra_layers.{i}.1.depthwise_conv", second.depthwise_conv),
+                      (f"extra_layers.{i}.1.pointwise_conv", second.pointwise_conv)]
+            spatial.append(_padded_conv(second.depthwise_conv, f"SSDNeck.extra_layers.{i}.1.depthwise_conv")[1])
+        else:
+            convs.append((f"extra_layers.{i}.1", second))
+            spatial.append(_padded_conv(second, f"SSDNeck.extra_layers.{i}.1")[1])
+    config = _same_config(convs, "SSDNeck")
+    _require(all(c.kernel_size[0] == 3 for c in spatial[:-1]), "SSDNeck.extra_layers: only the last level's "
+                                                               "kernel may differ from 3")
+    _require(layers[0][0].conv.in_channels == hint.channels[-1],
+             f"SSDNeck.extra_layers.0.0: takes {layers[0][0].conv.in_channels} channels, but the coarsest of "
+             f"features has {hint.channels[-1]}")
+    neck = _create("ssd_neck", hint, extra_channels=[s.out_channels if not separable else p.pointwise_conv.conv
+                                                     .out_channels for s, (_, p) in zip(spatial, layers)],
+                   strides=[c.stride[0] for c in spatial], paddings=[c.padding[0] for c in spatial],
+                   last_kernel_size=spatial[-1].kernel_size[0],
+                   l2_norm_scale=float(l2_norm.scale) if l2_norm is not None else None, separable=separable, **config)
+    renames = [(r"^l2_norm\.", "l2_norm."), (r"^extra_layers\.(\d+)\.0\.", r"extras.\1.reduce."),
+               (r"^extra_layers\.(\d+)\.1\.depthwise_conv\.", r"extras.\1.spatial.depthwise."),
+               (r"^extra_layers\.(\d+)\.1\.pointwise_conv\.", r"extras.\1.spatial.pointwise."),
+               (r"^extra_layers\.(\d+)\.1\.", r"extras.\1.spatial.")]
     return neck, renames
