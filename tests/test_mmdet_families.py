@@ -88,8 +88,10 @@ PARITY_CASES: Dict[str, tuple] = {
     "ssdlite": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 16, 8, 8, 8], [2, 2, 2, 2], [1, 1, 1, 1]),
                 dict(l2_norm_scale=None, use_depthwise=True, norm_cfg=dict(type="BN", eps=0.001, momentum=0.03),
                      act_cfg=dict(type="ReLU6")), [8, 16], SSD_SIZES),
+    "centernet": ("ct_resnet_neck", "CTResNetNeck", (32, (16, 8, 8), (4, 4, 4)), dict(use_dcn=False), [32],
+                  ODD_SIZES[2:]),
 }
-FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300"]
+FLOAT32_CASES = ["centernet", "channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300"]
 # mmdet modules do not record their inputs' strides (nor SSDNeck its input levels): the backbone levels
 FEATURES = {case: FeatureSpec((8, 16), (8, 16)) for case in ("ssd300", "ssd512", "ssdlite")}
 # mmdet's L2Norm computes in float32 whatever the input dtype; fpn_zoo's in float64 for float64 maps
@@ -166,6 +168,10 @@ UNSUPPORTED = {
                                  lambda peer: setattr(peer.lateral_norm, "eps", 1e-3), r"DilatedEncoder\.lateral_norm"),
     "yolov3_neck_mixed_acts": ("yolo_neck", "YOLOV3Neck", (2, [16, 8], [8, 8]), {},
                                lambda peer: setattr(peer.conv1, "activate", nn.ReLU()), r"YOLOV3Neck\.conv1: norm/act"),
+    "centernet_dcn": ("ct_resnet_neck", "CTResNetNeck", (32, (16,), (4,)), dict(use_dcn=False),
+                      lambda peer: setattr(peer, "use_dcn", True), "CTResNetNeck.use_dcn"),
+    "centernet_kernel3": ("ct_resnet_neck", "CTResNetNeck", (32, (16,), (3,)), dict(use_dcn=False), None,
+                          r"deconv_layers\.1\.conv: only 4x4 stride-2"),
     "ssd_without_features": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 8], [2], [1]), {}, None,
                              "SSDNeck does not record its input levels: pass features="),
 }
@@ -205,6 +211,7 @@ VARIANTS: Dict[str, Tuple[FeatureSpec, Dict[str, Any]]] = {
     "ssh": (PYRAMID, dict(out_channels=[16, 16, 32])),
     "yolof_dilated_encoder": (FeatureSpec((32,), (32,)), dict(out_channels=16, block_mid_channels=8)),
     "yolov3_neck": (PYRAMID, {}),
+    "centernet_neck": (FeatureSpec((32,), (32,)), dict(widths=(16, 8, 8))),
     "ssdlite_neck": (FeatureSpec((16, 32), (16, 32)), dict(extra_channels=[16, 8, 8, 8])),
 }
 
@@ -262,6 +269,8 @@ BAD_KNOBS = {
                                   "dilations must be a list of positive ints"),
     "yolov3_widths_length": ("yolov3_neck", PYRAMID, dict(out_channels=[8, 8]), "2 entries for 3 levels"),
     "yolov3_vit": ("yolov3_neck", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
+    "centernet_pyramid": ("centernet_neck", PYRAMID, {}, r"out_indices=\(-1,\)"),
+    "centernet_widths": ("centernet_neck", FeatureSpec((8,), (32,)), dict(widths=[]), "non-empty list"),
     "ssd_lengths": ("ssd_neck", PYRAMID, dict(strides=[2, 2]), "one entry per extra level, got 4, 2 and 4"),
     "ssd_odd_channels": ("ssd_neck", PYRAMID, dict(extra_channels=[8, 7, 8, 8]), "must be even"),
     "ssd_l2_scale": ("ssd_neck", PYRAMID, dict(l2_norm_scale=-1.0), "l2_norm_scale must be a non-negative"),

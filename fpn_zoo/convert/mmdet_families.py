@@ -23,6 +23,7 @@ from torch import nn
 
 from .._features import FeatureSpec
 from ..necks.bfp import bfp
+from ..necks.centernet_neck import centernet_neck
 from ..necks.channel_mapper import channel_mapper
 from ..necks.dilated_encoder import dilated_encoder
 from ..necks.hrfpn import hrfpn
@@ -32,12 +33,12 @@ from ..necks.yolov3_neck import yolov3_neck
 
 __all__ = ["from_mmdet_module", "CONVERTERS", "conv_module_config"]
 
-# (pattern, replacement) pairs applied to peer keys, first match wins.
-Renames = Sequence[Tuple[str, str]]
+# (pattern, replacement) pairs applied to peer keys with re.subn, first match wins.
+Renames = Sequence[Tuple[str, Any]]
 Converter = Callable[[nn.Module, Optional[FeatureSpec]], Tuple[nn.Module, Renames]]
 CONVERTERS: Dict[str, Converter] = {}
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
-    "bfp": bfp, "channel_mapper": channel_mapper, "dilated_encoder": dilated_encoder, "hrfpn": hrfpn, "ssh": ssh,
+    "bfp": bfp, "centernet_neck": centernet_neck, "channel_mapper": channel_mapper, "dilated_encoder": dilated_encoder, "hrfpn": hrfpn, "ssh": ssh,
     "ssd_neck": ssd_neck, "yolov3_neck": yolov3_neck,
 }
 
@@ -135,7 +136,7 @@ def _act_config(act: nn.Module, where: str) -> Tuple[Optional[str], Dict[str, An
     raise ValueError(f"{where}: activation {kind} has no fpn_zoo equivalent (ReLU, ReLU6, LeakyReLU, SiLU)")
 
 
-def conv_module_config(module: nn.Module, where: str) -> Dict[str, Any]:
+def conv_module_config(module: nn.Module, where: str, conv_type: type = nn.Conv2d) -> Dict[str, Any]:
     """Norm and activation of an mmcv ``ConvModule`` as fpn_zoo knobs, checked to be reproducible.
 
     Returns:
@@ -147,8 +148,12 @@ def conv_module_config(module: nn.Module, where: str) -> Dict[str, Any]:
     """
     if type(module).__name__ != "ConvModule":
         raise ValueError(f"{where}: expected an mmcv ConvModule, got {type(module).__name__}")
-    if type(module.conv) is not nn.Conv2d:
-        raise ValueError(f"{where}.conv: conv_cfg builds {type(module.conv).__name__}; only nn.Conv2d converts")
+    conv_class = type(module.conv)
+    # mmcv's wrappers (mmcv.cnn.bricks.wrappers) only add support for empty batches
+    mmcv_wrapper = conv_class.__module__.startswith("mmcv.cnn.bricks.wrappers") and issubclass(conv_class, conv_type)
+    if conv_class is not conv_type and not mmcv_wrapper:
+        raise ValueError(f"{where}.conv: conv_cfg builds {type(module.conv).__name__}; only {conv_type.__name__} "
+                         "converts")
     if tuple(module.order) != ("conv", "norm", "act"):
         raise ValueError(f"{where}.order: {module.order} is not supported; fpn_zoo runs conv -> norm -> act")
     norm, norm_kwargs = (None, {})
@@ -371,4 +376,28 @@ def _ssd_neck(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, 
                (r"^extra_layers\.(\d+)\.1\.depthwise_conv\.", r"extras.\1.spatial.depthwise."),
                (r"^extra_layers\.(\d+)\.1\.pointwise_conv\.", r"extras.\1.spatial.pointwise."),
                (r"^extra_layers\.(\d+)\.1\.", r"extras.\1.spatial.")]
+    return neck, renames
+
+
+@_converts("CTResNetNeck")
+def _centernet_neck(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
+    _require(not peer.use_dcn, "CTResNetNeck.use_dcn: deformable convs (DCNv2) are not converted; build the peer "
+                               "with use_dcn=False")
+    layers = list(peer.deconv_layers)
+    convs, ups = layers[0::2], layers[1::2]
+    configs = [conv_module_config(m, f"CTResNetNeck.deconv_layers.{2 * i}") for i, m in enumerate(convs)]
+    configs += [conv_module_config(m, f"CTResNetNeck.deconv_layers.{2 * i + 1}", nn.ConvTranspose2d)
+                for i, m in enumerate(ups)]
+    for i, config in enumerate(configs[1:], 1):
+        _require(config == configs[0], f"CTResNetNeck.deconv_layers: layer configs differ ({config} vs {configs[0]})")
+    for i, m in enumerate(ups):
+        conv = m.conv
+        _require(conv.kernel_size == (4, 4) and conv.stride == (2, 2) and conv.padding == (1, 1)
+                 and conv.output_padding == (0, 0),
+                 f"CTResNetNeck.deconv_layers.{2 * i + 1}.conv: only 4x4 stride-2 padding-1 deconvs (exact x2) "
+                 f"convert, got kernel {conv.kernel_size}")
+    spec = _spec([convs[0].conv.in_channels], hint, "CTResNetNeck", first_stride=32)
+    neck = _create("centernet_neck", spec, widths=[m.conv.out_channels for m in convs], **configs[0])
+    renames = [(r"^deconv_layers\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) // 2}."
+                + ("conv." if int(m.group(1)) % 2 == 0 else "up."))]
     return neck, renames

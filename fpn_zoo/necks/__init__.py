@@ -9,5 +9,6 @@ from . import ssh  # noqa: F401
 from . import dilated_encoder  # noqa: F401
 from . import yolov3_neck  # noqa: F401
 from . import ssd_neck  # noqa: F401
+from . import centernet_neck  # noqa: F401
 
 __all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]
