@@ -23,3 +23,15 @@ def mmdet_neck_class(module: str, class_name: str) -> type:
         package.__path__ = [str(Path(mmdet.__file__).parent / "models" / "necks")]
         sys.modules[NECKS] = package
     return getattr(importlib.import_module(f"{NECKS}.{module}"), class_name)
+
+LAYERS = "_fpn_zoo_mmdet_layers"
+
+
+def mmdet_layer_class(module: str, class_name: str) -> type:
+    """``mmdet/models/layers/<module>.py``'s ``class_name``, loaded the same stand-in way."""
+    mmdet = pytest.importorskip("mmdet")
+    if LAYERS not in sys.modules:
+        package = types.ModuleType(LAYERS)
+        package.__path__ = [str(Path(mmdet.__file__).parent / "models" / "layers")]
+        sys.modules[LAYERS] = package
+    return getattr(importlib.import_module(f"{LAYERS}.{module}"), class_name)

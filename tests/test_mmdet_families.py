@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import fpn_zoo
-from _mmdet_peers import mmdet_neck_class
+from _mmdet_peers import mmdet_layer_class, mmdet_neck_class
 from fpn_zoo import FeatureSpec
 from fpn_zoo.convert.mmdet_families import from_mmdet_module
 
@@ -43,7 +43,13 @@ def n_params(module: nn.Module) -> int:
 
 def build_peer(module: str, class_name: str, args: tuple, kwargs: Dict[str, Any]) -> nn.Module:
     torch.manual_seed(0)
+    kwargs = dict(kwargs)
+    dropblock = kwargs.pop("dropblock", None)
+    if dropblock is not None:  # FPN_DropBlock builds its plugin through the registry, which needs mmcv._ext
+        kwargs["plugin"] = None
     peer = mmdet_neck_class(module, class_name)(*args, **kwargs)  # torch's default init (no mmengine logs)
+    if dropblock is not None:
+        peer.plugin = mmdet_layer_class("dropblock", "DropBlock")(**dropblock)
     with torch.no_grad():
         for p in peer.parameters():  # mmcv zero-inits some layers (non-local out): make every weight count
             if (p == 0).all():
@@ -90,8 +96,17 @@ PARITY_CASES: Dict[str, tuple] = {
                      act_cfg=dict(type="ReLU6")), [8, 16], SSD_SIZES),
     "centernet": ("ct_resnet_neck", "CTResNetNeck", (32, (16, 8, 8), (4, 4, 4)), dict(use_dcn=False), [32],
                   ODD_SIZES[2:]),
+    "fpn_dropblock": ("fpn_dropblock", "FPN_DropBlock", ([8, 16, 32], 16, 4),
+                      dict(dropblock=dict(drop_prob=0.3, block_size=3, warmup_iters=0)), [8, 16, 32], ODD_SIZES),
+    "fpn_dropblock_glip": ("fpn_dropblock", "FPN_DropBlock", ([8, 16, 32], 16, 5),
+                           dict(dropblock=dict(drop_prob=0.3, block_size=3, warmup_iters=0),
+                                add_extra_convs="on_output", relu_before_extra_convs=True), [8, 16, 32], ODD_SIZES),
+    "fpn_dropblock_on_input_bn": ("fpn_dropblock", "FPN_DropBlock", ([8, 16, 32], 16, 4),
+                                  dict(add_extra_convs="on_input", norm_cfg=dict(type="BN"), act_cfg=dict(type="ReLU"),
+                                       dropblock=dict(drop_prob=0.1, block_size=5, warmup_iters=100)),
+                                  [8, 16, 32], ODD_SIZES),
 }
-FLOAT32_CASES = ["centernet", "channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300"]
+FLOAT32_CASES = ["fpn_dropblock_glip", "centernet", "channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300"]
 # mmdet modules do not record their inputs' strides (nor SSDNeck its input levels): the backbone levels
 FEATURES = {case: FeatureSpec((8, 16), (8, 16)) for case in ("ssd300", "ssd512", "ssdlite")}
 # mmdet's L2Norm computes in float32 whatever the input dtype; fpn_zoo's in float64 for float64 maps
@@ -172,6 +187,9 @@ UNSUPPORTED = {
                       lambda peer: setattr(peer, "use_dcn", True), "CTResNetNeck.use_dcn"),
     "centernet_kernel3": ("ct_resnet_neck", "CTResNetNeck", (32, (16,), (3,)), dict(use_dcn=False), None,
                           r"deconv_layers\.1\.conv: only 4x4 stride-2"),
+    "fpn_dropblock_start_level": ("fpn_dropblock", "FPN_DropBlock", ([8, 16, 32], 16, 2),
+                                  dict(start_level=1, plugin=None), None,
+                                  r"FPN_DropBlock\.start_level/end_level"),
     "ssd_without_features": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 8], [2], [1]), {}, None,
                              "SSDNeck does not record its input levels: pass features="),
 }
@@ -211,6 +229,8 @@ VARIANTS: Dict[str, Tuple[FeatureSpec, Dict[str, Any]]] = {
     "ssh": (PYRAMID, dict(out_channels=[16, 16, 32])),
     "yolof_dilated_encoder": (FeatureSpec((32,), (32,)), dict(out_channels=16, block_mid_channels=8)),
     "yolov3_neck": (PYRAMID, {}),
+    "fpn_dropblock": (PYRAMID, dict(out_channels=16)),
+    "glip_fpn_dropblock": (PYRAMID, dict(out_channels=16)),
     "centernet_neck": (FeatureSpec((32,), (32,)), dict(widths=(16, 8, 8))),
     "ssdlite_neck": (FeatureSpec((16, 32), (16, 32)), dict(extra_channels=[16, 8, 8, 8])),
 }
@@ -271,6 +291,9 @@ BAD_KNOBS = {
     "yolov3_vit": ("yolov3_neck", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
     "centernet_pyramid": ("centernet_neck", PYRAMID, {}, r"out_indices=\(-1,\)"),
     "centernet_widths": ("centernet_neck", FeatureSpec((8,), (32,)), dict(widths=[]), "non-empty list"),
+    "dropblock_prob": ("fpn_dropblock", PYRAMID, dict(drop_prob=1.5), r"drop_prob must be a number in \[0, 1\]"),
+    "dropblock_even_block": ("fpn_dropblock", PYRAMID, dict(block_size=4), "block_size must be odd"),
+    "dropblock_extra_source": ("fpn_dropblock", PYRAMID, dict(extra_source="on_output"), "extra_source must be one"),
     "ssd_lengths": ("ssd_neck", PYRAMID, dict(strides=[2, 2]), "one entry per extra level, got 4, 2 and 4"),
     "ssd_odd_channels": ("ssd_neck", PYRAMID, dict(extra_channels=[8, 7, 8, 8]), "must be even"),
     "ssd_l2_scale": ("ssd_neck", PYRAMID, dict(l2_norm_scale=-1.0), "l2_norm_scale must be a non-negative"),
@@ -324,3 +347,33 @@ def test_ssd512_levels() -> None:
     with torch.no_grad():
         outs = neck([torch.randn(1, 16, 64, 64), torch.randn(1, 32, 32, 32)])
     assert [o.shape[-1] for o in outs] == [64, 32, 16, 8, 4, 2, 1]  # SSD512's map sizes
+
+
+def test_dropblock_drops_blocks_in_training_only() -> None:
+    neck = fpn_zoo.create_neck("fpn_dropblock", PYRAMID, out_channels=16, drop_prob=0.5)
+    xs = spec_inputs(PYRAMID)
+    neck.eval()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(neck(xs), neck(xs)))  # deterministic: DropBlock is off
+    block = neck.dropblock.train()
+    torch.manual_seed(0)
+    dropped = block(torch.ones(2, 4, 29, 42, dtype=torch.float64))
+    zero = dropped == 0
+    assert 0.3 < zero.double().mean() < 0.7  # about drop_prob of the map
+    assert torch.allclose(dropped[~zero], torch.full_like(dropped[~zero], dropped.numel() / (~zero).sum().item()))
+
+
+def test_fpn_dropblock_matches_mmdet_while_training_too() -> None:
+    module, class_name, args, kwargs, channels, sizes = PARITY_CASES["fpn_dropblock_glip"]
+    peer = build_peer(module, class_name, args, kwargs).train()
+    neck = from_mmdet_module(peer)
+    assert neck.training
+    xs = inputs(channels, sizes, torch.float32)
+    outs = []
+    for module in (peer, neck):
+        torch.manual_seed(3)  # the same blocks drawn on both sides
+        with torch.no_grad():
+            outs.append(list(module(xs)))
+    assert max_diff(*outs, relative=True) <= 1e-6
+    with torch.no_grad():
+        assert max_diff(outs[1], neck.eval()(xs), relative=True) > 1e-2  # blocks really were dropped

@@ -26,6 +26,7 @@ from ..necks.bfp import bfp
 from ..necks.centernet_neck import centernet_neck
 from ..necks.channel_mapper import channel_mapper
 from ..necks.dilated_encoder import dilated_encoder
+from ..necks.fpn_dropblock import fpn_dropblock
 from ..necks.hrfpn import hrfpn
 from ..necks.ssd_neck import ssd_neck
 from ..necks.ssh import ssh
@@ -38,7 +39,8 @@ Renames = Sequence[Tuple[str, Any]]
 Converter = Callable[[nn.Module, Optional[FeatureSpec]], Tuple[nn.Module, Renames]]
 CONVERTERS: Dict[str, Converter] = {}
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
-    "bfp": bfp, "centernet_neck": centernet_neck, "channel_mapper": channel_mapper, "dilated_encoder": dilated_encoder, "hrfpn": hrfpn, "ssh": ssh,
+    "bfp": bfp, "centernet_neck": centernet_neck, "channel_mapper": channel_mapper, "dilated_encoder": dilated_encoder, "fpn_dropblock": fpn_dropblock,
+    "hrfpn": hrfpn, "ssh": ssh,
     "ssd_neck": ssd_neck, "yolov3_neck": yolov3_neck,
 }
 
@@ -400,4 +402,37 @@ def _centernet_neck(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Mo
     neck = _create("centernet_neck", spec, widths=[m.conv.out_channels for m in convs], **configs[0])
     renames = [(r"^deconv_layers\.(\d+)\.", lambda m: f"stages.{int(m.group(1)) // 2}."
                 + ("conv." if int(m.group(1)) % 2 == 0 else "up."))]
+    return neck, renames
+
+
+@_converts("FPN_DropBlock")
+def _fpn_dropblock(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
+    n = len(peer.lateral_convs)
+    _require(peer.start_level == 0 and peer.backbone_end_level == peer.num_ins == n,
+             f"FPN_DropBlock.start_level/end_level: only all input levels convert (start_level=0, end_level=-1), "
+             f"got start_level={peer.start_level}, backbone_end_level={peer.backbone_end_level} of {peer.num_ins}")
+    _require(dict(peer.upsample_cfg) in ({"mode": "nearest"}, {"mode": "bilinear"}),
+             f"FPN_DropBlock.upsample_cfg: {peer.upsample_cfg} is not supported (a mode, resizing to the size)")
+    convs = [(f"lateral_convs.{i}", m) for i, m in enumerate(peer.lateral_convs)]
+    convs += [(f"fpn_convs.{i}", m) for i, m in enumerate(peer.fpn_convs)]
+    config = _same_config(convs, "FPN_DropBlock")
+    plugin = peer.plugin
+    if plugin is None:
+        drop = dict(drop_prob=0.0)
+    else:
+        _require(type(plugin).__name__ == "DropBlock",
+                 f"FPN_DropBlock.plugin: {type(plugin).__name__} is not supported (only DropBlock)")
+        drop = dict(drop_prob=plugin.drop_prob, block_size=plugin.block_size, warmup_iters=plugin.warmup_iters)
+    extra_levels = peer.num_outs - n
+    extras: Dict[str, Any] = {}
+    if extra_levels > 0 and peer.add_extra_convs:
+        _require(peer.add_extra_convs in ("on_input", "on_lateral", "on_output"),
+                 f"FPN_DropBlock.add_extra_convs: {peer.add_extra_convs!r} is not supported")
+        extras = dict(extra_op="conv", extra_source=peer.add_extra_convs[3:],
+                      relu_between_extras=bool(peer.relu_before_extra_convs))
+    neck = _create("fpn_dropblock", _spec(peer.in_channels, hint, "FPN_DropBlock"), out_channels=peer.out_channels,
+                   upsample_mode=peer.upsample_cfg["mode"], extra_levels=extra_levels, **extras, **drop, **config)
+    renames = [(r"^lateral_convs\.", "laterals."),
+               (r"^fpn_convs\.(\d+)\.", lambda m: (f"outputs.{m.group(1)}." if int(m.group(1)) < n
+                                                      else f"extras.{int(m.group(1)) - n}."))]
     return neck, renames
