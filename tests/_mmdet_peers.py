@@ -24,14 +24,34 @@ def mmdet_neck_class(module: str, class_name: str) -> type:
         sys.modules[NECKS] = package
     return getattr(importlib.import_module(f"{NECKS}.{module}"), class_name)
 
-LAYERS = "_fpn_zoo_mmdet_layers"
+MODELS_PACKAGE = "_fpn_zoo_mmdet_models"  # stands in for mmdet.models, so ``from ..layers import`` resolves
+
+
+def _stand_in(name: str, folder: Path) -> types.ModuleType:
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(folder)]
+        sys.modules[name] = package
+    return sys.modules[name]
+
+
+def _models_package() -> Path:
+    mmdet = pytest.importorskip("mmdet")
+    models = Path(mmdet.__file__).parent / "models"
+    _stand_in(MODELS_PACKAGE, models)
+    return models
 
 
 def mmdet_layer_class(module: str, class_name: str) -> type:
     """``mmdet/models/layers/<module>.py``'s ``class_name``, loaded the same stand-in way."""
-    mmdet = pytest.importorskip("mmdet")
-    if LAYERS not in sys.modules:
-        package = types.ModuleType(LAYERS)
-        package.__path__ = [str(Path(mmdet.__file__).parent / "models" / "layers")]
-        sys.modules[LAYERS] = package
-    return getattr(importlib.import_module(f"{LAYERS}.{module}"), class_name)
+    _stand_in(f"{MODELS_PACKAGE}.layers", _models_package() / "layers")
+    return getattr(importlib.import_module(f"{MODELS_PACKAGE}.layers.{module}"), class_name)
+
+
+def mmdet_csp_neck_class(module: str, class_name: str) -> type:
+    """A neck importing ``..layers.CSPLayer`` (``yolox_pafpn``, ``cspnext_pafpn``): the stand-in layers package
+    gets ``CSPLayer`` from ``csp_layer.py`` alone (mmdet's ``layers/__init__`` needs compiled ops)."""
+    layers = _stand_in(f"{MODELS_PACKAGE}.layers", _models_package() / "layers")
+    layers.CSPLayer = mmdet_layer_class("csp_layer", "CSPLayer")
+    _stand_in(f"{MODELS_PACKAGE}.necks", _models_package() / "necks")
+    return getattr(importlib.import_module(f"{MODELS_PACKAGE}.necks.{module}"), class_name)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import fpn_zoo
-from _mmdet_peers import mmdet_layer_class, mmdet_neck_class
+from _mmdet_peers import mmdet_csp_neck_class, mmdet_layer_class, mmdet_neck_class
 from fpn_zoo import FeatureSpec
 from fpn_zoo.convert.mmdet_families import from_mmdet_module
 
@@ -47,7 +47,8 @@ def build_peer(module: str, class_name: str, args: tuple, kwargs: Dict[str, Any]
     dropblock = kwargs.pop("dropblock", None)
     if dropblock is not None:  # FPN_DropBlock builds its plugin through the registry, which needs mmcv._ext
         kwargs["plugin"] = None
-    peer = mmdet_neck_class(module, class_name)(*args, **kwargs)  # torch's default init (no mmengine logs)
+    load = mmdet_csp_neck_class if module in ("yolox_pafpn", "cspnext_pafpn") else mmdet_neck_class
+    peer = load(module, class_name)(*args, **kwargs)  # torch's default init (no mmengine logs)
     if dropblock is not None:
         peer.plugin = mmdet_layer_class("dropblock", "DropBlock")(**dropblock)
     with torch.no_grad():
@@ -105,8 +106,18 @@ PARITY_CASES: Dict[str, tuple] = {
                                   dict(add_extra_convs="on_input", norm_cfg=dict(type="BN"), act_cfg=dict(type="ReLU"),
                                        dropblock=dict(drop_prob=0.1, block_size=5, warmup_iters=100)),
                                   [8, 16, 32], ODD_SIZES),
+    "yolox_pafpn": ("yolox_pafpn", "YOLOXPAFPN", ([8, 16, 32], 16), dict(num_csp_blocks=2), [8, 16, 32], X2_SIZES),
+    "yolox_pafpn_nano": ("yolox_pafpn", "YOLOXPAFPN", ([8, 16, 32], 8), dict(num_csp_blocks=1, use_depthwise=True),
+                         [8, 16, 32], X2_SIZES),
+    "rtmdet_pafpn": ("cspnext_pafpn", "CSPNeXtPAFPN", ([8, 16, 32], 16),
+                     dict(num_csp_blocks=1, act_cfg=dict(type="SiLU")), [8, 16, 32], X2_SIZES),
+    "rtmdet_pafpn_depthwise_2_levels": ("cspnext_pafpn", "CSPNeXtPAFPN", ([16, 32], 8),
+                                        dict(num_csp_blocks=2, use_depthwise=True, expand_ratio=0.25,
+                                             norm_cfg=dict(type="GN", num_groups=2), act_cfg=dict(type="ReLU")),
+                                        [16, 32], X2_SIZES[1:]),
 }
-FLOAT32_CASES = ["fpn_dropblock_glip", "centernet", "channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300"]
+FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300",
+                 "centernet", "fpn_dropblock_glip", "yolox_pafpn", "rtmdet_pafpn"]
 # mmdet modules do not record their inputs' strides (nor SSDNeck its input levels): the backbone levels
 FEATURES = {case: FeatureSpec((8, 16), (8, 16)) for case in ("ssd300", "ssd512", "ssdlite")}
 # mmdet's L2Norm computes in float32 whatever the input dtype; fpn_zoo's in float64 for float64 maps
@@ -190,6 +201,13 @@ UNSUPPORTED = {
     "fpn_dropblock_start_level": ("fpn_dropblock", "FPN_DropBlock", ([8, 16, 32], 16, 2),
                                   dict(start_level=1, plugin=None), None,
                                   r"FPN_DropBlock\.start_level/end_level"),
+    "yolox_channel_attention": ("yolox_pafpn", "YOLOXPAFPN", ([8, 16], 8), dict(num_csp_blocks=1),
+                                lambda peer: setattr(peer.top_down_blocks[0], "channel_attention", True),
+                                r"YOLOXPAFPN\.top_down_blocks: channel_attention"),
+    "rtmdet_bilinear_x2": ("cspnext_pafpn", "CSPNeXtPAFPN", ([8, 16], 8),
+                           dict(num_csp_blocks=1,
+                                upsample_cfg=dict(scale_factor=2, mode="bilinear", align_corners=True)),
+                           None, r"CSPNeXtPAFPN\.upsample: only x2 upsampling without align_corners"),
     "ssd_without_features": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 8], [2], [1]), {}, None,
                              "SSDNeck does not record its input levels: pass features="),
 }
@@ -231,6 +249,8 @@ VARIANTS: Dict[str, Tuple[FeatureSpec, Dict[str, Any]]] = {
     "yolov3_neck": (PYRAMID, {}),
     "fpn_dropblock": (PYRAMID, dict(out_channels=16)),
     "glip_fpn_dropblock": (PYRAMID, dict(out_channels=16)),
+    "yolox_pafpn_s": (PYRAMID, dict(out_channels=16)),
+    "rtmdet_pafpn_s": (FeatureSpec((8, 16, 32), (8, 16, 32), "NHWC"), dict(out_channels=16)),
     "centernet_neck": (FeatureSpec((32,), (32,)), dict(widths=(16, 8, 8))),
     "ssdlite_neck": (FeatureSpec((16, 32), (16, 32)), dict(extra_channels=[16, 8, 8, 8])),
 }
@@ -260,7 +280,7 @@ def test_variant_outputs_match_feature_info_and_train(variant) -> None:
     assert not missing, f"parameters without gradient: {missing}"
 
 
-@pytest.mark.parametrize("variant", ["channel_mapper", "hrfpn", "bfp", "ssh", "yolof_dilated_encoder", "yolov3_neck"])
+@pytest.mark.parametrize("variant", sorted(v for v, (spec, _) in VARIANTS.items() if spec.input_fmt == "NCHW"))
 def test_nhwc_input_gives_the_nchw_result(variant) -> None:
     spec, overrides = VARIANTS[variant]
     neck = fpn_zoo.create_neck(variant, spec, **overrides).eval()
@@ -273,7 +293,8 @@ def test_nhwc_input_gives_the_nchw_result(variant) -> None:
 
 
 BAD_KNOBS = {
-    "channel_mapper_even_kernel": ("channel_mapper", PYRAMID, dict(kernel_size=2), "kernel_size must be a positive odd"),
+    "channel_mapper_even_kernel": ("channel_mapper", PYRAMID, dict(kernel_size=2),
+                                   "kernel_size must be a positive odd"),
     "channel_mapper_bad_norm": ("channel_mapper", PYRAMID, dict(norm="batchnrom"), "unknown norm 'batchnrom'"),
     "hrfpn_pooling": ("hrfpn", PYRAMID, dict(pooling="MAX"), "pooling must be one of"),
     "hrfpn_outputs": ("hrfpn", PYRAMID, dict(num_outputs=0), "num_outputs must be >= 1"),
@@ -294,6 +315,9 @@ BAD_KNOBS = {
     "dropblock_prob": ("fpn_dropblock", PYRAMID, dict(drop_prob=1.5), r"drop_prob must be a number in \[0, 1\]"),
     "dropblock_even_block": ("fpn_dropblock", PYRAMID, dict(block_size=4), "block_size must be odd"),
     "dropblock_extra_source": ("fpn_dropblock", PYRAMID, dict(extra_source="on_output"), "extra_source must be one"),
+    "csp_pafpn_block": ("yolox_pafpn", PYRAMID, dict(block="c2f"), "block must be one of"),
+    "csp_pafpn_ratio": ("yolox_pafpn", PYRAMID, dict(expand_ratio=0.01), "leaves a CSP branch .* without channels"),
+    "csp_pafpn_vit": ("rtmdet_pafpn", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
     "ssd_lengths": ("ssd_neck", PYRAMID, dict(strides=[2, 2]), "one entry per extra level, got 4, 2 and 4"),
     "ssd_odd_channels": ("ssd_neck", PYRAMID, dict(extra_channels=[8, 7, 8, 8]), "must be even"),
     "ssd_l2_scale": ("ssd_neck", PYRAMID, dict(l2_norm_scale=-1.0), "l2_norm_scale must be a non-negative"),

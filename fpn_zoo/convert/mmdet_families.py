@@ -26,6 +26,7 @@ from ..necks.bfp import bfp
 from ..necks.centernet_neck import centernet_neck
 from ..necks.channel_mapper import channel_mapper
 from ..necks.dilated_encoder import dilated_encoder
+from ..necks.csp_pafpn import csp_pafpn
 from ..necks.fpn_dropblock import fpn_dropblock
 from ..necks.hrfpn import hrfpn
 from ..necks.ssd_neck import ssd_neck
@@ -39,8 +40,8 @@ Renames = Sequence[Tuple[str, Any]]
 Converter = Callable[[nn.Module, Optional[FeatureSpec]], Tuple[nn.Module, Renames]]
 CONVERTERS: Dict[str, Converter] = {}
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
-    "bfp": bfp, "centernet_neck": centernet_neck, "channel_mapper": channel_mapper, "dilated_encoder": dilated_encoder, "fpn_dropblock": fpn_dropblock,
-    "hrfpn": hrfpn, "ssh": ssh,
+    "bfp": bfp, "centernet_neck": centernet_neck, "channel_mapper": channel_mapper, "csp_pafpn": csp_pafpn,
+    "dilated_encoder": dilated_encoder, "fpn_dropblock": fpn_dropblock, "hrfpn": hrfpn, "ssh": ssh,
     "ssd_neck": ssd_neck, "yolov3_neck": yolov3_neck,
 }
 
@@ -436,3 +437,59 @@ def _fpn_dropblock(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Mod
                (r"^fpn_convs\.(\d+)\.", lambda m: (f"outputs.{m.group(1)}." if int(m.group(1)) < n
                                                       else f"extras.{int(m.group(1)) - n}."))]
     return neck, renames
+
+
+_CSP_PREFIXES = {"reduce_layers": "reduce", "top_down_blocks": "top_down", "downsamples": "down",
+                 "bottom_up_blocks": "bottom_up", "out_convs": "out"}
+_CSP_PARTS = {"main_conv": "main", "short_conv": "short", "final_conv": "final", "depthwise_conv": "depthwise",
+              "pointwise_conv": "pointwise"}
+
+
+def _csp_pafpn(peer: nn.Module, hint: Optional[FeatureSpec], owner: str) -> Tuple[nn.Module, Renames]:
+    n = len(peer.in_channels)
+    convs = [(name, m) for name, m in peer.named_modules() if type(m).__name__ == "ConvModule"]
+    config = _same_config(convs, owner)
+    csps = list(peer.top_down_blocks) + list(peer.bottom_up_blocks)
+    inner = [b for csp in csps for b in csp.blocks]
+    kinds = {type(b).__name__ for b in inner}
+    _require(len(kinds) <= 1 and kinds <= {"DarknetBottleneck", "CSPNeXtBlock"},
+             f"{owner}: CSP inner blocks {sorted(kinds)} are not supported")
+    _require(not any(csp.channel_attention for csp in csps), f"{owner}.top_down_blocks: channel_attention is not "
+                                                            "supported")
+    _require(not any(b.add_identity for b in inner), f"{owner}: CSP blocks with add_identity are not supported")
+    if "CSPNeXtBlock" in kinds:
+        _require(all(b.conv2.depthwise_conv.conv.kernel_size == (5, 5) for b in inner),
+                 f"{owner}: only 5x5 CSPNeXt blocks convert")
+    first = csps[0]
+    ratio = first.main_conv.conv.out_channels / first.final_conv.conv.out_channels
+    upsample = peer.upsample
+    _require(upsample.size is None and float(upsample.scale_factor) == 2.0 and not upsample.align_corners,
+             f"{owner}.upsample: only x2 upsampling without align_corners converts")
+    out_conv = peer.out_convs[0]
+    out_kernel = (out_conv.depthwise_conv if hasattr(out_conv, "depthwise_conv") else out_conv).conv.kernel_size[0]
+    neck = _create("csp_pafpn", _spec(peer.in_channels, hint, owner), out_channels=peer.out_channels,
+                   num_blocks=len(first.blocks), block="cspnext" if "CSPNeXtBlock" in kinds else "darknet",
+                   expand_ratio=ratio, out_kernel_size=out_kernel,
+                   separable=type(peer.downsamples[0]).__name__ == "DepthwiseSeparableConvModule",
+                   upsample_mode=upsample.mode, **config)
+
+    def rename(match: "re.Match[str]") -> str:
+        prefix, index, rest = match.groups()
+        level = int(index)
+        if prefix in ("reduce_layers", "top_down_blocks"):  # mmdet counts these from the coarsest step
+            level = n - 2 - level
+        for theirs, ours in _CSP_PARTS.items():
+            rest = rest.replace(f".{theirs}.", f".{ours}.")
+        return f"{_CSP_PREFIXES[prefix]}.{level}{rest}"
+
+    return neck, [(rf"^({'|'.join(_CSP_PREFIXES)})\.(\d+)(\..*)$", rename)]
+
+
+@_converts("YOLOXPAFPN")
+def _yolox_pafpn(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
+    return _csp_pafpn(peer, hint, "YOLOXPAFPN")
+
+
+@_converts("CSPNeXtPAFPN")
+def _cspnext_pafpn(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
+    return _csp_pafpn(peer, hint, "CSPNeXtPAFPN")

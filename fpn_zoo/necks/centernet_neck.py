@@ -75,7 +75,9 @@ class CenterNetNeck(nn.Module):
 
     output_fmt = "NCHW"
 
-    def __init__(self, spec: FeatureSpec, widths: Sequence[int], norm_layer: NormFactory, act_layer: ActFactory) -> None:
+    def __init__(
+        self, spec: FeatureSpec, widths: Sequence[int], norm_layer: NormFactory, act_layer: ActFactory
+    ) -> None:
         super().__init__()
         self.spec = spec
         channels = [spec.channels[-1]] + list(widths)
