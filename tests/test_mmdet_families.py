@@ -11,12 +11,15 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fpn_zoo
 from _mmdet_peers import mmdet_csp_neck_class, mmdet_layer_class, mmdet_neck_class
 from fpn_zoo import FeatureSpec
 from fpn_zoo.convert.mmdet_families import from_mmdet_module
+from fpn_zoo.necks.fpn_dropblock import fpn_dropblock
+from fpn_zoo.necks.ssd_neck import ssd_neck
 
 ODD_SIZES = [(29, 42), (15, 21), (8, 11)]  # strides 8/16/32 of a 225 x 333 image
 X2_SIZES = [(32, 44), (16, 22), (8, 11)]  # for peers that upsample by a fixed factor (HRFPN, YOLOV3Neck)
@@ -242,13 +245,12 @@ VARIANTS: Dict[str, Tuple[FeatureSpec, Dict[str, Any]]] = {
     "deformable_detr_mapper": (PYRAMID, dict(out_channels=16, norm_kwargs={"num_groups": 4})),
     "detr_input_proj": (FeatureSpec((32,), (32,)), dict(out_channels=16)),
     "hrfpn": (PYRAMID, dict(out_channels=16)),
+    "hrfpn-floor": (PYRAMID, dict(out_channels=16, ceil_mode=False)),
     "bfp": (FeatureSpec((16, 16, 16), (8, 16, 32)), dict(refine_level=1)),
     "bfp_conv": (FeatureSpec((16, 16, 16), (8, 16, 32)), dict(norm="batchnorm")),
     "ssh": (PYRAMID, dict(out_channels=[16, 16, 32])),
     "yolof_dilated_encoder": (FeatureSpec((32,), (32,)), dict(out_channels=16, block_mid_channels=8)),
     "yolov3_neck": (PYRAMID, {}),
-    "fpn_dropblock": (PYRAMID, dict(out_channels=16)),
-    "glip_fpn_dropblock": (PYRAMID, dict(out_channels=16)),
     "yolox_pafpn_s": (PYRAMID, dict(out_channels=16)),
     "rtmdet_pafpn_s": (FeatureSpec((8, 16, 32), (8, 16, 32), "NHWC"), dict(out_channels=16)),
     "centernet_neck": (FeatureSpec((32,), (32,)), dict(widths=(16, 8, 8))),
@@ -266,7 +268,7 @@ def spec_inputs(spec: FeatureSpec) -> List[torch.Tensor]:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variant_outputs_match_feature_info_and_train(variant) -> None:
     spec, overrides = VARIANTS[variant]
-    neck = fpn_zoo.create_neck(variant, spec, **overrides).train()
+    neck = fpn_zoo.create_neck(variant.split("-")[0], spec, **overrides).train()
     outs = neck(spec_inputs(spec))
     info = neck.feature_info
     assert len(outs) == len(info)
@@ -283,6 +285,7 @@ def test_variant_outputs_match_feature_info_and_train(variant) -> None:
 @pytest.mark.parametrize("variant", sorted(v for v, (spec, _) in VARIANTS.items() if spec.input_fmt == "NCHW"))
 def test_nhwc_input_gives_the_nchw_result(variant) -> None:
     spec, overrides = VARIANTS[variant]
+    variant = variant.split("-")[0]
     neck = fpn_zoo.create_neck(variant, spec, **overrides).eval()
     nhwc = fpn_zoo.create_neck(variant, FeatureSpec(spec.channels, spec.reductions, "NHWC"), **overrides).eval()
     nhwc.load_state_dict(neck.state_dict())
@@ -300,7 +303,8 @@ BAD_KNOBS = {
     "hrfpn_outputs": ("hrfpn", PYRAMID, dict(num_outputs=0), "num_outputs must be >= 1"),
     "hrfpn_vit": ("hrfpn", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
     "bfp_unequal_channels": ("bfp", PYRAMID, {}, r"one channel count, got \[8, 16, 32\]: put it after"),
-    "bfp_refine_level": ("bfp", FeatureSpec((8, 8), (8, 16)), {}, r"refine_level must be an int in \[0, 2\)"),
+    "bfp_refine_level": ("bfp", FeatureSpec((8, 8), (8, 16)), dict(refine_level=2),
+                         r"refine_level must be an int in \[0, 2\)"),
     "bfp_refine_type": ("bfp", FeatureSpec((8, 8), (8, 16)), dict(refine_level=0, refine_type="nonlocal"),
                         "refine_type must be one of"),
     "ssh_width": ("ssh", PYRAMID, dict(out_channels=10), "multiples of 4"),
@@ -312,16 +316,13 @@ BAD_KNOBS = {
     "yolov3_vit": ("yolov3_neck", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
     "centernet_pyramid": ("centernet_neck", PYRAMID, {}, r"out_indices=\(-1,\)"),
     "centernet_widths": ("centernet_neck", FeatureSpec((8,), (32,)), dict(widths=[]), "non-empty list"),
-    "dropblock_prob": ("fpn_dropblock", PYRAMID, dict(drop_prob=1.5), r"drop_prob must be a number in \[0, 1\]"),
-    "dropblock_even_block": ("fpn_dropblock", PYRAMID, dict(block_size=4), "block_size must be odd"),
-    "dropblock_extra_source": ("fpn_dropblock", PYRAMID, dict(extra_source="on_output"), "extra_source must be one"),
     "csp_pafpn_block": ("yolox_pafpn", PYRAMID, dict(block="c2f"), "block must be one of"),
     "csp_pafpn_ratio": ("yolox_pafpn", PYRAMID, dict(expand_ratio=0.01), "leaves a CSP branch .* without channels"),
     "csp_pafpn_vit": ("rtmdet_pafpn", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
-    "ssd_lengths": ("ssd_neck", PYRAMID, dict(strides=[2, 2]), "one entry per extra level, got 4, 2 and 4"),
-    "ssd_odd_channels": ("ssd_neck", PYRAMID, dict(extra_channels=[8, 7, 8, 8]), "must be even"),
-    "ssd_l2_scale": ("ssd_neck", PYRAMID, dict(l2_norm_scale=-1.0), "l2_norm_scale must be a non-negative"),
-    "ssd_paddings": ("ssd_neck", PYRAMID, dict(paddings=[1, 1, -1, 0]), "paddings must be a list of ints >= 0"),
+    "ssd_lengths": ("ssdlite_neck", PYRAMID, dict(strides=[2, 2]), "one entry per extra level, got 4, 2 and 4"),
+    "ssd_odd_channels": ("ssdlite_neck", PYRAMID, dict(extra_channels=[8, 7, 8, 8]), "must be even"),
+    "ssd_l2_scale": ("ssdlite_neck", PYRAMID, dict(l2_norm_scale=-1.0), "l2_norm_scale must be a non-negative"),
+    "ssd_paddings": ("ssdlite_neck", PYRAMID, dict(paddings=[1, 1, -1, 0]), "paddings must be a list of ints >= 0"),
 }
 
 
@@ -351,7 +352,7 @@ def test_yolov3_neck_widths_default_to_half_the_inputs() -> None:
 
 def test_ssd300_unpadded_levels_keep_the_stride_and_trim_the_border() -> None:
     vgg = FeatureSpec((16, 32), (8, 16))  # conv4_3 and fc7 of a 300 px image: 38 and 19
-    neck = fpn_zoo.create_neck("ssd_neck", vgg, extra_channels=(32, 16, 16, 16)).train()
+    neck = ssd_neck(vgg, extra_channels=(32, 16, 16, 16)).train()  # the family's defaults are SSD300's
     assert neck.feature_info.reduction() == [8, 16, 32, 64, 64, 64]
     assert neck.feature_info.channels() == [16, 32, 32, 16, 16, 16]
     torch.manual_seed(0)
@@ -366,15 +367,41 @@ def test_ssd300_unpadded_levels_keep_the_stride_and_trim_the_border() -> None:
 
 def test_ssd512_levels() -> None:
     vgg = FeatureSpec((16, 32), (8, 16))  # 512 px: 64 and 32
-    neck = fpn_zoo.create_neck("ssd512_neck", vgg, extra_channels=(32, 16, 16, 16, 16)).eval()
+    neck = ssd_neck(vgg, extra_channels=(32, 16, 16, 16, 16), strides=(2, 2, 2, 2, 1), paddings=(1, 1, 1, 1, 1),
+                    last_kernel_size=4).eval()
     assert neck.feature_info.reduction() == [8, 16, 32, 64, 128, 256, 256]
     with torch.no_grad():
         outs = neck([torch.randn(1, 16, 64, 64), torch.randn(1, 32, 32, 32)])
     assert [o.shape[-1] for o in outs] == [64, 32, 16, 8, 4, 2, 1]  # SSD512's map sizes
 
 
+GLIP = dict(extra_levels=2, extra_op="conv", relu_between_extras=True)  # GLIP's P6/P7
+
+
+@pytest.mark.parametrize("args", [{}, GLIP], ids=["fpn_dropblock", "glip_fpn_dropblock"])
+def test_fpn_dropblock_outputs_match_feature_info_and_train(args) -> None:
+    neck = fpn_dropblock(PYRAMID, out_channels=16, **args).train()  # not a registered variant yet: see registry
+    outs = neck(spec_inputs(PYRAMID))
+    assert [o.shape[1] for o in outs] == neck.feature_info.channels()
+    for out, reduction in zip(outs, neck.feature_info.reduction()):
+        assert all(abs(size * reduction - image) < reduction for size, image in zip(out.shape[-2:], IMAGE))
+    sum(o.square().mean() for o in outs).backward()
+    assert all(p.grad is not None for p in neck.parameters())
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(drop_prob=1.5), r"drop_prob must be a number in \[0, 1\]"),
+    (dict(block_size=4), "block_size must be odd"),
+    (dict(extra_source="on_output"), "extra_source must be one of"),
+    (dict(extra_op="maxpool"), "extra_op must be one of"),
+])
+def test_fpn_dropblock_bad_knobs(args, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        fpn_dropblock(PYRAMID, **args)
+
+
 def test_dropblock_drops_blocks_in_training_only() -> None:
-    neck = fpn_zoo.create_neck("fpn_dropblock", PYRAMID, out_channels=16, drop_prob=0.5)
+    neck = fpn_dropblock(PYRAMID, out_channels=16, drop_prob=0.5)
     xs = spec_inputs(PYRAMID)
     neck.eval()
     with torch.no_grad():
@@ -401,3 +428,26 @@ def test_fpn_dropblock_matches_mmdet_while_training_too() -> None:
     assert max_diff(*outs, relative=True) <= 1e-6
     with torch.no_grad():
         assert max_diff(outs[1], neck.eval()(xs), relative=True) > 1e-2  # blocks really were dropped
+
+
+def test_hrfpn_ceil_mode_keeps_every_level_of_a_small_map() -> None:
+    spec = FeatureSpec((8, 16, 32), (8, 16, 32))
+    small = [torch.randn(1, c, s, s) for c, s in ((8, 9), (16, 5), (32, 3))]  # a 65 px image
+    assert [o.shape[-1] for o in fpn_zoo.create_neck("hrfpn", spec, out_channels=8).eval()(small)] == [9, 5, 3, 2, 1]
+    with pytest.raises(RuntimeError):  # mmdet's rounding down leaves the 16x pooled level nothing
+        fpn_zoo.create_neck("hrfpn", spec, out_channels=8, ceil_mode=False).eval()(small)
+
+
+@pytest.mark.parametrize("levels, middle", [(1, 0), (3, 1), (5, 2)])
+def test_bfp_gathers_at_the_middle_level_by_default(levels, middle) -> None:
+    spec = FeatureSpec((8,) * levels, tuple(4 * 2 ** i for i in range(levels)))
+    assert fpn_zoo.create_neck("bfp", spec).refine_level == middle  # 2 on P2-P6, as in Libra R-CNN
+
+
+@pytest.mark.parametrize("size, out", [((29, 42), (15, 21)), ((29, 42), (8, 11)), ((15, 21), (15, 21)),
+                                       ((8, 11), (9, 12)), ((16, 20), (8, 10))])
+def test_bfp_export_pooling_is_adaptive_max_pooling(size, out) -> None:
+    from fpn_zoo.necks.bfp import _max_pool_axis
+
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    assert torch.equal(_max_pool_axis(_max_pool_axis(x, 2, out[0]), 3, out[1]), F.adaptive_max_pool2d(x, out))

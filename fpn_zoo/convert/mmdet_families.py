@@ -231,7 +231,7 @@ def _hrfpn(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Ren
     _require(pool in ("avg_pool2d", "max_pool2d"), f"HRFPN.pooling: {peer.pooling!r} is not avg/max pooling")
     neck = _create("hrfpn", _spec(peer.in_channels, hint, "HRFPN"), out_channels=peer.out_channels,
                    num_outputs=len(convs),
-                   pooling=pool[:3], stride=convs[0].conv.stride[0], **config)
+                   pooling=pool[:3], ceil_mode=False, stride=convs[0].conv.stride[0], **config)
     return neck, [(r"^reduction_conv\.", "reduce."), (r"^fpn_convs\.", "outputs.")]
 
 

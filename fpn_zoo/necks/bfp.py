@@ -3,7 +3,7 @@
 Pang et al., "Libra R-CNN: Towards Balanced Learning for Object Detection", CVPR 2019.
 https://arxiv.org/abs/1904.02701
 
-Every level is brought to the size of level ``refine_level`` (finer levels by adaptive max-pooling, coarser
+Every level is brought to the size of level ``refine_level`` (by default the middle one; finer levels by adaptive max-pooling, coarser
 ones by nearest upsampling) and averaged; the balanced map is refined (an embedded-Gaussian non-local block,
 a 3x3 conv-norm-act, or nothing) and brought back to each level's size the opposite way, where it is added
 to that level. Channels and strides are unchanged, so it sits after another neck: Libra R-CNN puts it on an
@@ -29,9 +29,37 @@ from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
 from ._common import check_common, init_weights
 
-__all__ = ["NonLocalBlock", "BalancedFeaturePyramid", "bfp", "REFINE_TYPES"]
+__all__ = ["NonLocalBlock", "BalancedFeaturePyramid", "adaptive_max_pool_to", "bfp", "REFINE_TYPES"]
 
 REFINE_TYPES = (None, "conv", "non_local")
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
+def _max_pool_axis(x: torch.Tensor, dim: int, out: int) -> torch.Tensor:
+    """Adaptive max-pooling along one axis: output ``i`` is the max over ``[floor(i*n/out), ceil((i+1)*n/out))``.
+
+    Each window is read as ``k`` indices (the longest window's length, shorter ones repeating their last
+    index, which leaves the max unchanged), so the sizes stay symbolic under ``torch.export``.
+    """
+    size = x.shape[dim]
+    i = torch.arange(out, device=x.device)
+    start = torch.div(i * size, out, rounding_mode="floor")
+    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
+    k = (size + out - 1) // out + 1
+    index = torch.minimum(start[:, None] + torch.arange(k, device=x.device)[None, :], end[:, None] - 1)
+    return x.index_select(dim, index.flatten()).unflatten(dim, (out, k)).amax(dim + 1)
+
+
+def adaptive_max_pool_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``F.adaptive_max_pool2d(x, size)``; while exporting, the same windows by index so that ``size`` stays
+    symbolic (the built-in op bakes the export-time size into the program)."""
+    if not _exporting():
+        return F.adaptive_max_pool2d(x, size)
+    return _max_pool_axis(_max_pool_axis(x, 2, size[0]), 3, size[1])
 
 
 class NonLocalBlock(nn.Module):
@@ -85,7 +113,7 @@ class BalancedFeaturePyramid(nn.Module):
 
     def _resize(self, x: torch.Tensor, size: torch.Size, finer: bool) -> torch.Tensor:
         """A finer map is max-pooled down to ``size``; a coarser one is upsampled (nearest)."""
-        return F.adaptive_max_pool2d(x, size) if finer else F.interpolate(x, size=size, mode="nearest")
+        return adaptive_max_pool_to(x, size) if finer else F.interpolate(x, size=size, mode="nearest")
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Args: the levels. Returns: each level plus the refined balanced map at its size (NCHW)."""
@@ -103,18 +131,19 @@ class BalancedFeaturePyramid(nn.Module):
 def bfp(
     spec: FeatureSpec,
     *,
-    refine_level: int = 2,
+    refine_level: Optional[int] = None,
     refine_type: Optional[str] = None,
     norm: LayerSpec = None,
     act: LayerSpec = "relu",
     norm_kwargs: Optional[Mapping[str, Any]] = None,
     act_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> BalancedFeaturePyramid:
-    """Build a balanced feature pyramid (mmdet ``BFP``'s defaults: gather at level 2, no refinement).
+    """Build a balanced feature pyramid (mmdet ``BFP``'s defaults: gather at level 2 of 5, no refinement).
 
     Args:
         spec: the levels, all with one channel count (an FPN's outputs).
-        refine_level: index of the level the maps are gathered at (Libra R-CNN: 2 of P2-P6).
+        refine_level: index of the level the maps are gathered at; None for the middle one,
+            ``num_levels // 2`` (Libra R-CNN's and mmdet's default 2 on the five levels P2-P6).
         refine_type: ``"non_local"`` (Libra R-CNN), ``"conv"`` (3x3 conv-norm-act) or None.
         norm: norm of the refinement's last conv, or None.
         act: activation of the ``"conv"`` refinement (mmdet: ReLU).
@@ -130,6 +159,8 @@ def bfp(
             f"bfp averages its levels, so they need one channel count, got {list(spec.channels)}: put it after "
             "a neck, e.g. fpn_zoo.create_neck('bfp', fpn_zoo.create_neck('fpn', backbone).feature_info)"
         )
+    if refine_level is None:
+        refine_level = spec.num_levels // 2
     if isinstance(refine_level, bool) or not isinstance(refine_level, int) or not 0 <= refine_level < spec.num_levels:
         raise ValueError(f"bfp: refine_level must be an int in [0, {spec.num_levels}) (the level index), "
                          f"got {refine_level!r}")

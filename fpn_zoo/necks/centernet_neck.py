@@ -18,7 +18,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from typing import Any, Callable, List, Mapping, Optional, Sequence
 
@@ -49,15 +48,6 @@ class UpsampleStage(nn.Module):
         if act_layer is not None:
             up["act"] = act_layer()
         self.up = nn.Sequential(up)
-
-    def init_bilinear(self) -> None:
-        """CenterNet's start: every input channel upsampled bilinearly into output channel 0."""
-        weight = self.up.conv.weight.data
-        k = weight.shape[-1]
-        f = math.ceil(k / 2)
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
-        ramp = torch.tensor([1 - abs(i / f - c) for i in range(k)], dtype=weight.dtype)
-        weight[:, 0] = ramp[:, None] * ramp[None, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.conv(x))
@@ -129,7 +119,4 @@ def centernet_neck(
             f"centernet_neck upsamples one map, but the backbone has levels at strides {list(spec.reductions)}: "
             "create it with out_indices=(-1,) to use its last stage (CenterNet uses C5 alone), or use 'fpn'/'pan'"
         )
-    neck = init_weights(CenterNetNeck(spec, widths, resolve_norm(norm, norm_kwargs), resolve_act(act, act_kwargs)))
-    for stage in neck.stages:
-        stage.init_bilinear()
-    return neck
+    return init_weights(CenterNetNeck(spec, widths, resolve_norm(norm, norm_kwargs), resolve_act(act, act_kwargs)))

@@ -5,7 +5,7 @@ Lyu et al., "RTMDet: An Empirical Study of Designing Real-Time Object Detectors"
 
 Top-down: the running coarse map is narrowed by a 1x1 conv to the next finer level's width, upsampled
 (nearest) to its size, concatenated with that level and merged by a CSP block. Bottom-up: each output is
-downsampled by a stride-2 3x3 conv, concatenated with the narrowed coarse map of the level above, and merged
+downsampled by a stride-2 3x3 conv (then resized, should a backbone round sizes otherwise), concatenated with the narrowed coarse map of the level above, and merged
 by a CSP block. A final conv per level (1x1 in YOLOX, 3x3 in RTMDet) maps to ``out_channels``. All convs are
 conv-BN-SiLU. A CSP block (``CSPLayer``) runs two 1x1 branches; one goes through ``num_blocks`` blocks, and a
 1x1 conv merges their concatenation. The blocks are YOLOX's Darknet bottleneck (1x1 then 3x3) or RTMDet's
@@ -34,6 +34,7 @@ from torch import nn
 from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
+from ..layers.resample import resize_to
 from ._common import check_common, init_weights
 
 __all__ = ["DepthwiseSeparableConvNormAct", "CSPBlock", "CSPPAFPN", "csp_pafpn", "BLOCKS"]
@@ -160,7 +161,9 @@ class CSPPAFPN(nn.Module):
             running = self.top_down[level](torch.cat([up, features[level]], dim=1))
         outs = [running]
         for level in range(n - 1):
-            outs.append(self.bottom_up[level](torch.cat([self.down[level](outs[-1]), narrowed[level + 1]], dim=1)))
+            above = narrowed[level + 1]
+            down = resize_to(self.down[level](outs[-1]), above.shape[-2:], self.upsample_mode)  # off-by-one sizes
+            outs.append(self.bottom_up[level](torch.cat([down, above], dim=1)))
         return [conv(x) for conv, x in zip(self.out, outs)]
 
 

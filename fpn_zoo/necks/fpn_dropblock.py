@@ -10,9 +10,14 @@ carried on down; in eval mode DropBlock is the identity and the neck is a plain 
 mmdetection 3.3's ``FPN_DropBlock`` (``mmdet/models/necks/fpn_dropblock.py``) with its default
 ``DropBlock`` plugin (``mmdet/models/layers/dropblock.py``).
 
+Not yet a registered variant (see ``registry.yaml``): build it with :func:`fpn_dropblock`, or load an mmdet
+``FPN_DropBlock`` with :func:`fpn_zoo.convert.mmdet_families.from_mmdet_module`.
+
 Example:
     >>> import torch, fpn_zoo
-    >>> neck = fpn_zoo.create_neck("glip_fpn_dropblock", [16, 32, 64], out_channels=32)
+    >>> from fpn_zoo.necks.fpn_dropblock import fpn_dropblock
+    >>> neck = fpn_dropblock(fpn_zoo.FeatureSpec((16, 32, 64), (8, 16, 32)), out_channels=32,
+    ...                      extra_levels=2, extra_op="conv", relu_between_extras=True)  # GLIP's
     >>> neck.feature_info.reduction()
     [8, 16, 32, 64, 128]
     >>> [f.shape[-1] for f in neck([torch.rand(2, c, s, s) for c, s in ((16, 29), (32, 15), (64, 8))])]

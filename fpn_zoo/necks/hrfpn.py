@@ -5,7 +5,8 @@ https://arxiv.org/abs/1904.04514
 
 Every input map is resized (bilinear) to the finest map's size and concatenated; a 1x1 conv reduces the
 concatenation to ``out_channels``; level ``i`` of the output is that map average- (or max-) pooled by
-``2**i``, and a 3x3 conv (stride ``stride``) smooths each level. The math is mmdetection 3.3's ``HRFPN``
+``2**i`` (rounding sizes down as mmdet does, or up with ``ceil_mode``, so that a small map keeps every
+level), and a 3x3 conv (stride ``stride``) smooths each level. The math is mmdetection 3.3's ``HRFPN``
 (``mmdet/models/necks/hrfpn.py``), which upsamples by ``2**i`` and so needs exact x2 map sizes; here each
 map is resized to the finest map's size, which is the same on such sizes and also works on odd ones.
 
@@ -15,7 +16,7 @@ Example:
     >>> neck.feature_info.reduction()
     [8, 16, 32, 64, 128]
     >>> [tuple(f.shape[-2:]) for f in neck([torch.rand(1, c, s, s) for c, s in ((8, 29), (16, 15), (32, 8))])]
-    [(29, 29), (14, 14), (7, 7), (3, 3), (1, 1)]
+    [(29, 29), (15, 15), (8, 8), (4, 4), (2, 2)]
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class HRFPN(nn.Module):
         out_channels: channels of every output.
         num_outputs: output levels; level ``i`` is pooled by ``2**i``.
         pooling: ``"avg"`` or ``"max"``.
+        ceil_mode: pooled sizes round up (a partial window averages what it covers); mmdet rounds down.
         stride: stride of the 3x3 output convs.
         norm_layer: norm factory after every conv, or None (mmdet: None).
         act_layer: activation factory after every conv, or None (mmdet: None).
@@ -57,6 +59,7 @@ class HRFPN(nn.Module):
         out_channels: int,
         num_outputs: int,
         pooling: str,
+        ceil_mode: bool,
         stride: int,
         norm_layer: Optional[Callable[[int], nn.Module]],
         act_layer: Optional[Callable[[], nn.Module]],
@@ -64,6 +67,7 @@ class HRFPN(nn.Module):
         super().__init__()
         self.spec = spec
         self.pooling = pooling
+        self.ceil_mode = ceil_mode
         self.reduce = ConvNormAct(sum(spec.channels), out_channels, 1, norm_layer=norm_layer, act_layer=act_layer)
         self.outputs = nn.ModuleList(
             ConvNormAct(out_channels, out_channels, 3, stride=stride, norm_layer=norm_layer, act_layer=act_layer)
@@ -76,7 +80,7 @@ class HRFPN(nn.Module):
         if factor == 1:
             return x
         pool = F.avg_pool2d if self.pooling == "avg" else F.max_pool2d
-        return pool(x, kernel_size=factor, stride=factor)
+        return pool(x, kernel_size=factor, stride=factor, ceil_mode=self.ceil_mode)
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Args: one map per backbone level. Returns: ``num_outputs`` NCHW maps, finest first."""
@@ -96,6 +100,7 @@ def hrfpn(
     out_channels: int = 256,
     num_outputs: int = 5,
     pooling: str = "avg",
+    ceil_mode: bool = False,
     stride: int = 1,
     norm: LayerSpec = None,
     act: LayerSpec = None,
@@ -109,6 +114,8 @@ def hrfpn(
         out_channels: channels of every output.
         num_outputs: output levels, at the finest stride times ``1, 2, 4 ...`` (times ``stride``).
         pooling: ``"avg"`` or ``"max"``.
+        ceil_mode: round pooled sizes up (every level keeps at least one pixel); mmdet rounds down, and then a
+            map smaller than ``2**(num_outputs - 1)`` pixels has no coarsest level (an error).
         stride: stride of the 3x3 output convs.
         norm: norm after each conv, or None (mmdet builds none, whatever its ``norm_cfg``).
         act: activation after each conv, or None.
@@ -128,7 +135,8 @@ def hrfpn(
             "use 'simple_pyramid' on a single-stride backbone, or pick levels at distinct strides"
         )
     neck = HRFPN(
-        spec, out_channels=out_channels, num_outputs=num_outputs, pooling=pooling, stride=stride,
+        spec, out_channels=out_channels, num_outputs=num_outputs, pooling=pooling, ceil_mode=bool(ceil_mode),
+        stride=stride,
         norm_layer=resolve_norm(norm, norm_kwargs), act_layer=resolve_act(act, act_kwargs),
     )
     return init_weights(neck)

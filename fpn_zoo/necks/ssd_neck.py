@@ -10,10 +10,15 @@ spacing (so ``feature_info`` reports the same stride as the level before) and tr
 (10 -> 5 -> 3 -> 1 on a 300 px image). The math is mmdetection 3.3's ``SSDNeck``
 (``mmdet/models/necks/ssd_neck.py``), including SSDLite's depthwise-separable variant (``separable=True``).
 
+The family's defaults are SSD300's extra levels; SSD512's are ``extra_channels=(512, 256, 256, 256, 256),
+strides=(2, 2, 2, 2, 1), paddings=(1, 1, 1, 1, 1), last_kernel_size=4``. Both trim their last maps (sizes
+follow the image, 300 or 512 px, not a stride), so only ``ssdlite_neck``, all stride-2 and padded, is a
+registered variant.
+
 Example:
     >>> import torch, fpn_zoo
-    >>> neck = fpn_zoo.create_neck("ssd_neck", fpn_zoo.FeatureSpec((16, 32), (8, 16)),
-    ...                            extra_channels=(32, 16, 16, 16))
+    >>> from fpn_zoo.necks.ssd_neck import ssd_neck
+    >>> neck = ssd_neck(fpn_zoo.FeatureSpec((16, 32), (8, 16)), extra_channels=(32, 16, 16, 16))  # SSD300
     >>> neck.feature_info.reduction()
     [8, 16, 32, 64, 64, 64]
     >>> [f.shape[-1] for f in neck([torch.rand(1, 16, 38, 38), torch.rand(1, 32, 19, 19)])]
