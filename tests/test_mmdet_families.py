@@ -23,7 +23,22 @@ from fpn_zoo.necks.ssd_neck import ssd_neck
 
 ODD_SIZES = [(29, 42), (15, 21), (8, 11)]  # strides 8/16/32 of a 225 x 333 image
 X2_SIZES = [(32, 44), (16, 22), (8, 11)]  # for peers that upsample by a fixed factor (HRFPN, YOLOV3Neck)
-SSD_SIZES = [(76, 89), (38, 45)]  # SSD300's unpadded convs need 3x3 maps at stride 64
+SSD_SIZES = [(76, 89), (38, 45)]
+FPG_SIZES = [(32, 48), (16, 24), (8, 12)]  # mmdet's FPG upsamples x2 down to P7
+_BN = dict(type="BN")
+FPG_PAPER = dict(  # mmdet configs/fpg: pre-activated transitions, BN everywhere but the outputs
+    inter_channels=8, same_down_trans=None,
+    same_up_trans=dict(type="conv", kernel_size=3, stride=2, padding=1, norm_cfg=_BN, inplace=False,
+                       order=("act", "conv", "norm")),
+    across_lateral_trans=dict(type="conv", kernel_size=1, norm_cfg=_BN, inplace=False, order=("act", "conv", "norm")),
+    across_down_trans=dict(type="interpolation_conv", mode="nearest", kernel_size=3, norm_cfg=_BN,
+                           order=("act", "conv", "norm"), inplace=False),
+    across_up_trans=None,
+    across_skip_trans=dict(type="conv", kernel_size=1, norm_cfg=_BN, inplace=False, order=("act", "conv", "norm")),
+    output_trans=dict(type="last_conv", kernel_size=3, order=("act", "conv", "norm"), inplace=False),
+    norm_cfg=_BN,
+)
+FPG_SKIPS = [(0, 1, 2), (0, 1), (0,), (), ()]  # the paper's triangle, cut at 3 stages  # SSD300's unpadded convs need 3x3 maps at stride 64
 
 
 def randomize_norms(module: nn.Module) -> None:
@@ -118,8 +133,13 @@ PARITY_CASES: Dict[str, tuple] = {
                                         dict(num_csp_blocks=2, use_depthwise=True, expand_ratio=0.25,
                                              norm_cfg=dict(type="GN", num_groups=2), act_cfg=dict(type="ReLU")),
                                         [16, 32], X2_SIZES[1:]),
+    "fpg": ("fpg", "FPG", ([8, 16, 32], 8, 5, 3, ["bu"] * 3), dict(FPG_PAPER, skip_inds=FPG_SKIPS),
+            [8, 16, 32], FPG_SIZES),
+    "fpg_full_grid_conv_extras": ("fpg", "FPG", ([8, 16], 8, 3, 2, ["bu"] * 2),
+                                  dict(FPG_PAPER, skip_inds=[(), (), ()], add_extra_convs=True), [8, 16],
+                                  FPG_SIZES[:2]),
 }
-FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300",
+FLOAT32_CASES = ["fpg", "channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300",
                  "centernet", "fpn_dropblock_glip", "yolox_pafpn", "rtmdet_pafpn"]
 # mmdet modules do not record their inputs' strides (nor SSDNeck its input levels): the backbone levels
 FEATURES = {case: FeatureSpec((8, 16), (8, 16)) for case in ("ssd300", "ssd512", "ssdlite")}
@@ -211,6 +231,12 @@ UNSUPPORTED = {
                            dict(num_csp_blocks=1,
                                 upsample_cfg=dict(scale_factor=2, mode="bilinear", align_corners=True)),
                            None, r"CSPNeXtPAFPN\.upsample: only x2 upsampling without align_corners"),
+    "fpg_top_down": ("fpg", "FPG", ([8, 16], 8, 3, 2, ["bu", "td"]), dict(FPG_PAPER, skip_inds=[(), (), ()]),
+                     None, r"FPG\.paths: only bottom-up"),
+    "fpg_post_activation": ("fpg", "FPG", ([8, 16], 8, 3, 1, ["bu"]),
+                            dict(FPG_PAPER, skip_inds=[(), (), ()],
+                                 across_skip_trans=dict(type="conv", kernel_size=1, norm_cfg=_BN)),
+                            None, r"FPG\.fpn_transitions\.0\.0\.across_skip\.order"),
     "ssd_without_features": ("ssd_neck", "SSDNeck", ([8, 16], [8, 16, 8], [2], [1]), {}, None,
                              "SSDNeck does not record its input levels: pass features="),
 }
@@ -253,6 +279,7 @@ VARIANTS: Dict[str, Tuple[FeatureSpec, Dict[str, Any]]] = {
     "yolov3_neck": (PYRAMID, {}),
     "yolox_pafpn_s": (PYRAMID, dict(out_channels=16)),
     "rtmdet_pafpn_s": (FeatureSpec((8, 16, 32), (8, 16, 32), "NHWC"), dict(out_channels=16)),
+    "fpg": (PYRAMID, dict(out_channels=16, stack_times=3)),
     "centernet_neck": (FeatureSpec((32,), (32,)), dict(widths=(16, 8, 8))),
     "ssdlite_neck": (FeatureSpec((16, 32), (16, 32)), dict(extra_channels=[16, 8, 8, 8])),
 }
@@ -319,6 +346,9 @@ BAD_KNOBS = {
     "csp_pafpn_block": ("yolox_pafpn", PYRAMID, dict(block="c2f"), "block must be one of"),
     "csp_pafpn_ratio": ("yolox_pafpn", PYRAMID, dict(expand_ratio=0.01), "leaves a CSP branch .* without channels"),
     "csp_pafpn_vit": ("rtmdet_pafpn", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
+    "fpg_skip_length": ("fpg", PYRAMID, dict(skip_inds=[[0]] * 3), "3 entries for 5 levels"),
+    "fpg_skip_stage": ("fpg", PYRAMID, dict(stack_times=2, skip_inds=[[2]] * 5), r"stages \[2, 2, 2, 2, 2\] outside"),
+    "fpg_vit": ("fpg", FeatureSpec((8, 8), (16, 16)), {}, "simple_pyramid"),
     "ssd_lengths": ("ssdlite_neck", PYRAMID, dict(strides=[2, 2]), "one entry per extra level, got 4, 2 and 4"),
     "ssd_odd_channels": ("ssdlite_neck", PYRAMID, dict(extra_channels=[8, 7, 8, 8]), "must be even"),
     "ssd_l2_scale": ("ssdlite_neck", PYRAMID, dict(l2_norm_scale=-1.0), "l2_norm_scale must be a non-negative"),
@@ -451,3 +481,12 @@ def test_bfp_export_pooling_is_adaptive_max_pooling(size, out) -> None:
 
     x = torch.randn(2, 3, *size, dtype=torch.float64)
     assert torch.equal(_max_pool_axis(_max_pool_axis(x, 2, out[0]), 3, out[1]), F.adaptive_max_pool2d(x, out))
+
+
+def test_fpg_triangle_grid_joins_levels_late() -> None:
+    from fpn_zoo.necks.fpg import triangle_skips
+
+    assert triangle_skips(5, 9) == [[0, 1, 2, 3], [0, 1, 2], [0, 1], [0], []]  # the paper's (mmdet's skip_inds)
+    neck = fpn_zoo.create_neck("fpg", PYRAMID, out_channels=8, stack_times=2)
+    parts = [[len(neck.stages[stage][level]) for level in range(5)] for stage in range(2)]
+    assert parts == [[0, 0, 0, 0, 3], [0, 0, 0, 4, 3]]  # P7 joins at stage 0 (no coarser map), P6 at stage 1

@@ -25,8 +25,9 @@ from .._features import FeatureSpec
 from ..necks.bfp import bfp
 from ..necks.centernet_neck import centernet_neck
 from ..necks.channel_mapper import channel_mapper
-from ..necks.dilated_encoder import dilated_encoder
 from ..necks.csp_pafpn import csp_pafpn
+from ..necks.dilated_encoder import dilated_encoder
+from ..necks.fpg import fpg
 from ..necks.fpn_dropblock import fpn_dropblock
 from ..necks.hrfpn import hrfpn
 from ..necks.ssd_neck import ssd_neck
@@ -35,13 +36,15 @@ from ..necks.yolov3_neck import yolov3_neck
 
 __all__ = ["from_mmdet_module", "CONVERTERS", "conv_module_config"]
 
-# (pattern, replacement) pairs applied to peer keys with re.subn, first match wins.
+# (pattern, replacement) pairs applied to peer keys with re.subn, first match wins; then a ConvModule's
+# norm, under its norm_name, becomes ``norm``.
 Renames = Sequence[Tuple[str, Any]]
+_NORM_RENAME = (r"\.(bn|gn)\.", ".norm.")
 Converter = Callable[[nn.Module, Optional[FeatureSpec]], Tuple[nn.Module, Renames]]
 CONVERTERS: Dict[str, Converter] = {}
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     "bfp": bfp, "centernet_neck": centernet_neck, "channel_mapper": channel_mapper, "csp_pafpn": csp_pafpn,
-    "dilated_encoder": dilated_encoder, "fpn_dropblock": fpn_dropblock, "hrfpn": hrfpn, "ssh": ssh,
+    "dilated_encoder": dilated_encoder, "fpg": fpg, "fpn_dropblock": fpn_dropblock, "hrfpn": hrfpn, "ssh": ssh,
     "ssd_neck": ssd_neck, "yolov3_neck": yolov3_neck,
 }
 
@@ -77,7 +80,8 @@ def from_mmdet_module(peer: nn.Module, features: Any = None) -> nn.Module:
     name = type(peer).__name__
     converter = CONVERTERS.get(name)
     if converter is None:
-        raise ValueError(f"no fpn_zoo converter for mmdet {name}; supported: {sorted(CONVERTERS)}")
+        hint = " (FPN / PAFPN weights: fpn_zoo.convert.from_mmdet_neck)" if name in ("FPN", "PAFPN") else ""
+        raise ValueError(f"no fpn_zoo converter for mmdet {name}; supported: {sorted(CONVERTERS)}{hint}")
     hint = None if features is None else FeatureSpec.resolve(features)
     neck, renames = converter(peer, hint)
     param = next(peer.parameters(), None)
@@ -96,7 +100,7 @@ def _load_renamed(neck: nn.Module, peer_state: Dict[str, torch.Tensor], renames:
                 break
         else:
             raise ValueError(f"mmdet {owner}: parameter {key!r} has no fpn_zoo counterpart")
-        mapped[re.sub(*_NORM_RENAME, new)] = value
+        mapped[re.sub(_NORM_RENAME[0], _NORM_RENAME[1], new)] = value
     ours = neck.state_dict()
     missing, unexpected = sorted(set(ours) - set(mapped)), sorted(set(mapped) - set(ours))
     if missing or unexpected:
@@ -110,8 +114,6 @@ def _load_renamed(neck: nn.Module, peer_state: Dict[str, torch.Tensor], renames:
 
 
 # ------------------------------------------------------------------------------- reading mmcv ConvModules
-
-_NORM_RENAME = (r"\.(bn|gn)\.", ".norm.")  # a ConvModule's norm, under its norm_name
 
 
 def _norm_config(norm: nn.Module, where: str) -> Tuple[Optional[str], Dict[str, Any]]:
@@ -139,8 +141,15 @@ def _act_config(act: nn.Module, where: str) -> Tuple[Optional[str], Dict[str, An
     raise ValueError(f"{where}: activation {kind} has no fpn_zoo equivalent (ReLU, ReLU6, LeakyReLU, SiLU)")
 
 
-def conv_module_config(module: nn.Module, where: str, conv_type: type = nn.Conv2d) -> Dict[str, Any]:
+def conv_module_config(module: nn.Module, where: str, conv_type: type = nn.Conv2d,
+                       order: Tuple[str, str, str] = ("conv", "norm", "act")) -> Dict[str, Any]:
     """Norm and activation of an mmcv ``ConvModule`` as fpn_zoo knobs, checked to be reproducible.
+
+    Args:
+        module: the ConvModule.
+        where: its name, for messages.
+        conv_type: the conv class expected (``nn.ConvTranspose2d`` for mmdet's ``deconv``).
+        order: the order expected (FPG pre-activates: ``("act", "conv", "norm")``).
 
     Returns:
         ``{"norm", "norm_kwargs", "act", "act_kwargs"}``.
@@ -157,8 +166,8 @@ def conv_module_config(module: nn.Module, where: str, conv_type: type = nn.Conv2
     if conv_class is not conv_type and not mmcv_wrapper:
         raise ValueError(f"{where}.conv: conv_cfg builds {type(module.conv).__name__}; only {conv_type.__name__} "
                          "converts")
-    if tuple(module.order) != ("conv", "norm", "act"):
-        raise ValueError(f"{where}.order: {module.order} is not supported; fpn_zoo runs conv -> norm -> act")
+    if tuple(module.order) != order:
+        raise ValueError(f"{where}.order: {module.order} is not supported; fpn_zoo runs {' -> '.join(order)} here")
     norm, norm_kwargs = (None, {})
     if module.with_norm:
         norm, norm_kwargs = _norm_config(getattr(module, module.norm_name), f"{where}.{module.norm_name}")
@@ -493,3 +502,71 @@ def _yolox_pafpn(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Modul
 @_converts("CSPNeXtPAFPN")
 def _cspnext_pafpn(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
     return _csp_pafpn(peer, hint, "CSPNeXtPAFPN")
+
+
+# mmdet FPG transition -> (fpn_zoo part, transition type, kernel, stride) in the FPG configs' layout
+_FPG_PARTS = {"same_up": ("pathway", "ConvModule", 3, 2), "across_lateral": ("lateral", "ConvModule", 1, 1),
+              "across_down": ("from_coarser", "UpInterpolationConv", 3, 1),
+              "across_skip": ("skip", "ConvModule", 1, 1)}
+
+
+def _fpg_conv(module: nn.Module, where: str, kernel: int, stride: int) -> Dict[str, Any]:
+    """Norm / act of a pre-activated (act -> conv -> norm) ConvModule with the expected kernel and stride."""
+    _require(module.conv.kernel_size == (kernel, kernel) and module.conv.stride == (stride, stride)
+             and module.conv.padding == (kernel // 2, kernel // 2),
+             f"{where}.conv: expected a {kernel}x{kernel} stride-{stride} conv with 'same' padding")
+    return conv_module_config(module, where, order=("act", "conv", "norm"))
+
+
+@_converts("FPG")
+def _fpg(peer: nn.Module, hint: Optional[FeatureSpec]) -> Tuple[nn.Module, Renames]:
+    n_in = peer.num_ins
+    _require(peer.start_level == 0 and peer.backbone_end_level == n_in,
+             f"FPG.start_level/end_level: only all input levels convert, got start_level={peer.start_level}")
+    _require(all(p == "bu" for p in peer.paths), f"FPG.paths: only bottom-up stages convert, got {peer.paths}")
+    _require(len(set(peer.inter_channels)) == 1, f"FPG.inter_channels: {peer.inter_channels} differ per level")
+    for name in ("same_down_trans", "across_up_trans"):
+        _require(getattr(peer, name) is None, f"FPG.{name}: {getattr(peer, name)} is not supported (None only)")
+    configs: List[Tuple[str, Dict[str, Any]]] = []
+    for s, stage in enumerate(peer.fpn_transitions):
+        for i, parts in enumerate(stage):
+            for key, module in parts.items():
+                if module is None:
+                    continue
+                where = f"FPG.fpn_transitions.{s}.{i}.{key}"
+                _require(key in _FPG_PARTS, f"{where}: {key} transitions are not supported")
+                _, kind, kernel, stride = _FPG_PARTS[key]
+                _require(type(module).__name__ == kind, f"{where}: a {type(module).__name__}, expected {kind}")
+                if kind == "UpInterpolationConv":
+                    _require(module.mode == "nearest" and module.scale_factor == 2,
+                             f"{where}: only nearest x2 interpolation converts")
+                    module = module.conv
+                configs.append((where, _fpg_conv(module, where, kernel, stride)))
+    for where, config in configs[1:]:
+        _require(config == configs[0][1], f"{where}: norm/act {config} differ from {configs[0][0]}'s "
+                                          f"{configs[0][1]}")
+    outputs = [_fpg_conv(t.conv_out, f"FPG.output_transition.{i}.conv_out", t.conv_out.conv.kernel_size[0], 1)
+               for i, t in enumerate(peer.output_transition)]
+    _require(all(type(t).__name__ == "LastConv" and t.conv_out.conv.kernel_size == (3, 3)
+                 for t in peer.output_transition), "FPG.output_transition: only 3x3 last_conv outputs convert")
+    grid = configs[0][1] if configs else outputs[0]
+    _require(all(o["act"] == grid["act"] and o["act_kwargs"] == grid["act_kwargs"]
+                 and o["norm_kwargs"] in ({}, grid["norm_kwargs"]) for o in outputs),
+             f"FPG.output_transition: activation or norm arguments differ from the grid's {grid}")
+    extras = list(peer.extra_downsamples)
+    conv_extras = bool(extras) and isinstance(extras[0], nn.Conv2d)
+    _require(all(isinstance(e, nn.Conv2d) == conv_extras for e in extras), "FPG.extra_downsamples: mixed ops")
+    if not conv_extras:
+        _require(all(isinstance(e, nn.MaxPool2d) and e.kernel_size == 1 and e.stride == 2 for e in extras),
+                 "FPG.extra_downsamples: only 1x1 stride-2 max-pools or convs convert")
+    neck = _create("fpg", _spec(peer.in_channels, hint, "FPG"), out_channels=peer.out_channels,
+                   inter_channels=peer.inter_channels[0], stack_times=peer.stack_times,
+                   skip_inds=[list(s) for s in peer.skip_inds], extra_levels=len(extras),
+                   extra_op="conv" if conv_extras else "subsample", norm=grid["norm"], output_norm=outputs[0]["norm"],
+                   act=grid["act"], norm_kwargs=grid["norm_kwargs"] or outputs[0]["norm_kwargs"],
+                   act_kwargs=grid["act_kwargs"])
+    renames: List[Tuple[str, Any]] = [(r"^lateral_convs\.", "laterals."), (r"^extra_downsamples\.", "extras."),
+                                      (r"^output_transition\.(\d+)\.conv_out\.", r"outputs.\1.")]
+    renames += [(rf"^fpn_transitions\.(\d+)\.(\d+)\.{theirs}\.{'conv.' if kind != 'ConvModule' else ''}",
+                 rf"stages.\1.\2.{ours}.") for theirs, (ours, kind, _, _) in _FPG_PARTS.items()]
+    return neck, renames

@@ -12,5 +12,6 @@ from . import ssd_neck  # noqa: F401
 from . import centernet_neck  # noqa: F401
 from . import fpn_dropblock  # noqa: F401
 from . import csp_pafpn  # noqa: F401
+from . import fpg  # noqa: F401
 
 __all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]
