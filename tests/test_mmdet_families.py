@@ -23,7 +23,7 @@ from fpn_zoo.necks.ssd_neck import ssd_neck
 
 ODD_SIZES = [(29, 42), (15, 21), (8, 11)]  # strides 8/16/32 of a 225 x 333 image
 X2_SIZES = [(32, 44), (16, 22), (8, 11)]  # for peers that upsample by a fixed factor (HRFPN, YOLOV3Neck)
-SSD_SIZES = [(76, 89), (38, 45)]
+SSD_SIZES = [(76, 89), (38, 45)]  # SSD300's unpadded convs need 3x3 maps at stride 64
 FPG_SIZES = [(32, 48), (16, 24), (8, 12)]  # mmdet's FPG upsamples x2 down to P7
 _BN = dict(type="BN")
 FPG_PAPER = dict(  # mmdet configs/fpg: pre-activated transitions, BN everywhere but the outputs
@@ -38,7 +38,7 @@ FPG_PAPER = dict(  # mmdet configs/fpg: pre-activated transitions, BN everywhere
     output_trans=dict(type="last_conv", kernel_size=3, order=("act", "conv", "norm"), inplace=False),
     norm_cfg=_BN,
 )
-FPG_SKIPS = [(0, 1, 2), (0, 1), (0,), (), ()]  # the paper's triangle, cut at 3 stages  # SSD300's unpadded convs need 3x3 maps at stride 64
+FPG_SKIPS = [(0, 1, 2), (0, 1), (0,), (), ()]  # the paper's triangle, cut at 3 stages
 
 
 def randomize_norms(module: nn.Module) -> None:
@@ -139,8 +139,8 @@ PARITY_CASES: Dict[str, tuple] = {
                                   dict(FPG_PAPER, skip_inds=[(), (), ()], add_extra_convs=True), [8, 16],
                                   FPG_SIZES[:2]),
 }
-FLOAT32_CASES = ["fpg", "channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck", "ssd300",
-                 "centernet", "fpn_dropblock_glip", "yolox_pafpn", "rtmdet_pafpn"]
+FLOAT32_CASES = ["channel_mapper_gn_extra2", "hrfpn", "bfp_non_local", "ssh", "dilated_encoder", "yolov3_neck",
+                 "ssd300", "centernet", "fpg", "fpn_dropblock_glip", "yolox_pafpn", "rtmdet_pafpn"]
 # mmdet modules do not record their inputs' strides (nor SSDNeck its input levels): the backbone levels
 FEATURES = {case: FeatureSpec((8, 16), (8, 16)) for case in ("ssd300", "ssd512", "ssdlite")}
 # mmdet's L2Norm computes in float32 whatever the input dtype; fpn_zoo's in float64 for float64 maps

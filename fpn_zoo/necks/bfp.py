@@ -3,12 +3,12 @@
 Pang et al., "Libra R-CNN: Towards Balanced Learning for Object Detection", CVPR 2019.
 https://arxiv.org/abs/1904.02701
 
-Every level is brought to the size of level ``refine_level`` (by default the middle one; finer levels by adaptive max-pooling, coarser
-ones by nearest upsampling) and averaged; the balanced map is refined (an embedded-Gaussian non-local block,
-a 3x3 conv-norm-act, or nothing) and brought back to each level's size the opposite way, where it is added
-to that level. Channels and strides are unchanged, so it sits after another neck: Libra R-CNN puts it on an
-FPN. The math is mmdetection 3.3's ``BFP`` (``mmdet/models/necks/bfp.py``) with mmcv's ``NonLocal2d``
-(``reduction=1, use_scale=False``) as the refinement.
+Every level is brought to the size of level ``refine_level`` (by default the middle one; finer levels by
+adaptive max-pooling, coarser ones by nearest upsampling) and averaged; the balanced map is refined (an
+embedded-Gaussian non-local block, a 3x3 conv-norm-act, or nothing) and brought back to each level's size the
+opposite way, where it is added to that level. Channels and strides are unchanged, so it sits after another
+neck: Libra R-CNN puts it on an FPN. The math is mmdetection 3.3's ``BFP`` (``mmdet/models/necks/bfp.py``)
+with mmcv's ``NonLocal2d`` (``reduction=1, use_scale=False``) as the refinement.
 
 Example:
     >>> import torch, fpn_zoo

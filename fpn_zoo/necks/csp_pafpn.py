@@ -5,11 +5,12 @@ Lyu et al., "RTMDet: An Empirical Study of Designing Real-Time Object Detectors"
 
 Top-down: the running coarse map is narrowed by a 1x1 conv to the next finer level's width, upsampled
 (nearest) to its size, concatenated with that level and merged by a CSP block. Bottom-up: each output is
-downsampled by a stride-2 3x3 conv (then resized, should a backbone round sizes otherwise), concatenated with the narrowed coarse map of the level above, and merged
-by a CSP block. A final conv per level (1x1 in YOLOX, 3x3 in RTMDet) maps to ``out_channels``. All convs are
-conv-BN-SiLU. A CSP block (``CSPLayer``) runs two 1x1 branches; one goes through ``num_blocks`` blocks, and a
-1x1 conv merges their concatenation. The blocks are YOLOX's Darknet bottleneck (1x1 then 3x3) or RTMDet's
-CSPNeXt block (3x3 then a depthwise-separable 5x5), without residual in the neck.
+downsampled by a stride-2 3x3 conv (then resized, should a backbone round sizes otherwise), concatenated with
+the narrowed coarse map of the level above, and merged by a CSP block. A final conv per level (1x1 in YOLOX,
+3x3 in RTMDet) maps to ``out_channels``. All convs are conv-BN-SiLU. A CSP block (``CSPLayer``) runs two 1x1
+branches; one goes through ``num_blocks`` blocks, and a 1x1 conv merges their concatenation. The blocks are
+YOLOX's Darknet bottleneck (1x1 then 3x3) or RTMDet's CSPNeXt block (3x3 then a depthwise-separable 5x5),
+without residual in the neck.
 
 The math is mmdetection 3.3's ``YOLOXPAFPN`` / ``CSPNeXtPAFPN`` (``mmdet/models/necks/yolox_pafpn.py``,
 ``cspnext_pafpn.py``, ``mmdet/models/layers/csp_layer.py``), which upsample by a fixed factor 2 and so need
