@@ -2,5 +2,16 @@
 from . import fpn, pan  # noqa: F401
 from . import bifpn, graph_family  # noqa: F401
 from . import chain, csp_pan, simple_pyramid  # noqa: F401
+from . import channel_mapper  # noqa: F401
+from . import hrfpn  # noqa: F401
+from . import bfp  # noqa: F401
+from . import ssh  # noqa: F401
+from . import dilated_encoder  # noqa: F401
+from . import yolov3_neck  # noqa: F401
+from . import ssd_neck  # noqa: F401
+from . import centernet_neck  # noqa: F401
+from . import fpn_dropblock  # noqa: F401
+from . import csp_pafpn  # noqa: F401
+from . import fpg  # noqa: F401
 
 __all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]
