@@ -27,7 +27,8 @@ from torch import nn
 from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["NonLocalBlock", "BalancedFeaturePyramid", "adaptive_max_pool_to", "bfp", "REFINE_TYPES"]
 
@@ -167,7 +168,7 @@ def bfp(
     if refine_type not in REFINE_TYPES:
         raise ValueError(f"bfp: refine_type must be one of {REFINE_TYPES}, got {refine_type!r}")
     channels = spec.channels[0]
-    check_common(out_channels=channels)
+    check_knobs(out_channels=channels)
     norm_layer = resolve_norm(norm, norm_kwargs)
     act_layer = resolve_act(act, act_kwargs)
     refine: nn.Module = nn.Identity()

@@ -27,7 +27,8 @@ from torch import nn
 from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["UpsampleStage", "CenterNetNeck", "centernet_neck"]
 
@@ -113,7 +114,7 @@ def centernet_neck(
     if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) == 0:
         raise ValueError(f"centernet_neck: widths must be a non-empty list of channel counts, got {widths!r}")
     for width in widths:
-        check_common(out_channels=width)
+        check_knobs(out_channels=width)
     if len(set(spec.reductions)) > 1:
         raise BackboneMismatch(
             f"centernet_neck upsamples one map, but the backbone has levels at strides {list(spec.reductions)}: "

@@ -28,7 +28,8 @@ from torch import nn
 from .._features import FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["ChannelMapper", "channel_mapper"]
 
@@ -111,7 +112,7 @@ def channel_mapper(
     Raises:
         ValueError: a non-positive or even ``kernel_size``, or bad shared knobs.
     """
-    check_common(out_channels=out_channels, extra_levels=extra_levels)
+    check_knobs(out_channels=out_channels, extra_levels=extra_levels)
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"channel_mapper: kernel_size must be a positive odd int, got {kernel_size!r}")
     neck = ChannelMapper(

@@ -36,7 +36,8 @@ from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
 from ..layers.resample import resize_to
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["DepthwiseSeparableConvNormAct", "CSPBlock", "CSPPAFPN", "csp_pafpn", "BLOCKS"]
 
@@ -204,7 +205,7 @@ def csp_pafpn(
         BackboneMismatch: levels at a repeated stride (a plain ViT): build a pyramid first (``simple_pyramid``).
         ValueError: an unknown block, a ratio outside (0, 1] or giving no channels, or an even output kernel.
     """
-    check_common(out_channels=out_channels, upsample_mode=upsample_mode, num_blocks=num_blocks,
+    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, num_blocks=num_blocks,
                  out_kernel_size=out_kernel_size)
     if block not in BLOCKS:
         raise ValueError(f"csp_pafpn: block must be one of {BLOCKS}, got {block!r}")

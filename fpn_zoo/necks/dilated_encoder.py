@@ -30,7 +30,8 @@ from torch import nn
 from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["BiasedConvNorm", "DilatedBottleneck", "DilatedEncoder", "dilated_encoder"]
 
@@ -134,7 +135,7 @@ def dilated_encoder(
         BackboneMismatch: levels at several strides.
         ValueError: bad channel counts or dilations.
     """
-    check_common(out_channels=out_channels, block_mid_channels=block_mid_channels)
+    check_knobs(out_channels=out_channels, block_mid_channels=block_mid_channels)
     if isinstance(dilations, (str, bytes)) or not isinstance(dilations, Sequence) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dilations
     ):

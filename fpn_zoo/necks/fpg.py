@@ -36,32 +36,14 @@ from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make
 from .._registry import register_neck
 from ..layers.conv import LayerSpec, resolve_act, resolve_norm
 from ..layers.resample import resize_to
-from ._common import check_common, init_weights
+from ..layers.blocks import ActConvNorm, init_weights
+from ..layers.config import check_knobs
 
-__all__ = ["PreActConv", "FeaturePyramidGrid", "fpg", "triangle_skips"]
+__all__ = ["FeaturePyramidGrid", "fpg", "triangle_skips"]
 
 NormFactory = Optional[Callable[[int], nn.Module]]
 ActFactory = Optional[Callable[[], nn.Module]]
 SkipInds = Sequence[Sequence[int]]
-
-
-class PreActConv(nn.Sequential):
-    """``act -> conv -> norm`` (children ``act``, ``conv``, ``norm``); the activation never works in place,
-    since its input feeds other convs too. The conv has a bias only without a norm."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 norm_layer: NormFactory = None, act_layer: ActFactory = None) -> None:
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
-        if act_layer is not None:
-            act = act_layer()
-            if hasattr(act, "inplace"):
-                act.inplace = False
-            layers["act"] = act
-        layers["conv"] = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                                   padding=kernel_size // 2, bias=norm_layer is None)
-        if norm_layer is not None:
-            layers["norm"] = norm_layer(out_channels)
-        super().__init__(layers)
 
 
 def triangle_skips(num_levels: int, stack_times: int) -> List[List[int]]:
@@ -108,15 +90,15 @@ class FeaturePyramidGrid(nn.Module):
                 return nn.ModuleDict()  # the level keeps its previous map
             parts: "OrderedDict[str, nn.Module]" = OrderedDict()
             if level > 0:
-                parts["pathway"] = PreActConv(c, c, 3, 2, norm_layer, act_layer)
-            parts["lateral"] = PreActConv(c, c, 1, 1, norm_layer, act_layer)
+                parts["pathway"] = ActConvNorm(c, c, 3, 2, norm_layer=norm_layer, act_layer=act_layer)
+            parts["lateral"] = ActConvNorm(c, c, 1, 1, norm_layer=norm_layer, act_layer=act_layer)
             if level < num_levels - 1:
-                parts["from_coarser"] = PreActConv(c, c, 3, 1, norm_layer, act_layer)
-            parts["skip"] = PreActConv(c, c, 1, 1, norm_layer, act_layer)
+                parts["from_coarser"] = ActConvNorm(c, c, 3, 1, norm_layer=norm_layer, act_layer=act_layer)
+            parts["skip"] = ActConvNorm(c, c, 1, 1, norm_layer=norm_layer, act_layer=act_layer)
             return nn.ModuleDict(parts)
 
         self.stages = nn.ModuleList(nn.ModuleList(node(s, i) for i in range(num_levels)) for s in range(stack_times))
-        self.outputs = nn.ModuleList(PreActConv(c, out_channels, 3, 1, output_norm_layer, act_layer)
+        self.outputs = nn.ModuleList(ActConvNorm(c, out_channels, 3, 1, norm_layer=output_norm_layer, act_layer=act_layer)
                                      for _ in range(num_levels))
         reductions = list(spec.reductions) + [spec.reductions[-1] * 2 ** (k + 1) for k in range(extra_levels)]
         self.feature_info = make_feature_info([out_channels] * num_levels, reductions)
@@ -194,7 +176,7 @@ def fpg(
         ValueError: bad counts, an unknown ``extra_op``, or ``skip_inds`` of the wrong length or stages.
     """
     inter_channels = out_channels if inter_channels is None else inter_channels
-    check_common(out_channels=out_channels, extra_levels=extra_levels, inter_channels=inter_channels,
+    check_knobs(out_channels=out_channels, extra_levels=extra_levels, inter_channels=inter_channels,
                  stack_times=stack_times)
     if extra_op not in ("subsample", "conv"):
         raise ValueError(f"fpg: extra_op must be 'subsample' or 'conv', got {extra_op!r}")

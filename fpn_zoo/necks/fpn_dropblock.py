@@ -34,7 +34,8 @@ from torch import nn
 from .._features import FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["DropBlock", "FPNDropBlock", "fpn_dropblock", "EXTRA_OPS", "EXTRA_SOURCES"]
 
@@ -191,7 +192,7 @@ def fpn_dropblock(
         ValueError: a drop fraction outside [0, 1], an even or non-positive block, a negative warm-up, or an
             unknown extra op / source.
     """
-    check_common(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
+    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
                  block_size=block_size)
     if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)) or not 0 <= drop_prob <= 1:
         raise ValueError(f"fpn_dropblock: drop_prob must be a number in [0, 1], got {drop_prob!r}")

@@ -29,7 +29,8 @@ from torch import nn
 from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["HRFPN", "hrfpn", "POOLINGS"]
 
@@ -126,7 +127,7 @@ def hrfpn(
         BackboneMismatch: levels at a repeated stride (a plain ViT): build a pyramid first (``simple_pyramid``).
         ValueError: bad ``num_outputs``, ``pooling`` or ``stride``.
     """
-    check_common(out_channels=out_channels, num_outputs=num_outputs, stride=stride)
+    check_knobs(out_channels=out_channels, num_outputs=num_outputs, stride=stride)
     if pooling not in POOLINGS:
         raise ValueError(f"hrfpn: pooling must be one of {POOLINGS}, got {pooling!r}")
     if len(set(spec.reductions)) != len(spec.reductions):

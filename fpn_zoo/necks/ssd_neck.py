@@ -35,7 +35,8 @@ from torch import nn
 from .._features import FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["L2Norm", "PaddedConvNormAct", "SSDNeck", "ssd_neck"]
 
@@ -199,7 +200,7 @@ def ssd_neck(
                          f"{len(channels)}, {len(strides)} and {len(paddings)}")
     if any(c % 2 for c in channels):
         raise ValueError(f"ssd_neck: extra_channels must be even (the 1x1 conv halves them), got {channels}")
-    check_common(out_channels=1, last_kernel_size=last_kernel_size)
+    check_knobs(out_channels=1, last_kernel_size=last_kernel_size)
     if l2_norm_scale is not None and (isinstance(l2_norm_scale, bool) or not isinstance(l2_norm_scale, (int, float))
                                       or l2_norm_scale < 0):
         raise ValueError(f"ssd_neck: l2_norm_scale must be a non-negative number or None, got {l2_norm_scale!r}")

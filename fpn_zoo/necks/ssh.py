@@ -23,7 +23,8 @@ from torch import nn
 from .._features import FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["SSHContextBlock", "SSHNeck", "ssh"]
 
@@ -122,7 +123,7 @@ def ssh(
     if len(widths) != spec.num_levels:
         raise ValueError(f"ssh: out_channels has {len(widths)} entries for {spec.num_levels} levels")
     for width in widths:
-        check_common(out_channels=width)
+        check_knobs(out_channels=width)
         if width % 4:
             raise ValueError(f"ssh: out_channels must be multiples of 4 (halves and quarters per branch), got {width}")
     neck = SSHNeck(spec, widths, resolve_norm(norm, norm_kwargs), resolve_act(act, act_kwargs))

@@ -32,7 +32,8 @@ from torch import nn
 from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
-from ._common import check_common, init_weights
+from ..layers.blocks import init_weights
+from ..layers.config import check_knobs
 
 __all__ = ["DetectionBlock", "YOLOv3Neck", "yolov3_neck"]
 
@@ -131,7 +132,7 @@ def yolov3_neck(
     if len(widths) != spec.num_levels:
         raise ValueError(f"yolov3_neck: out_channels has {len(widths)} entries for {spec.num_levels} levels")
     for width in widths:
-        check_common(out_channels=width)
+        check_knobs(out_channels=width)
     if len(set(spec.reductions)) != len(spec.reductions):
         raise BackboneMismatch(
             f"yolov3_neck upsamples from each level to the next finer one, but levels repeat strides "
