@@ -120,4 +120,9 @@ def centernet_neck(
             f"centernet_neck upsamples one map, but the backbone has levels at strides {list(spec.reductions)}: "
             "create it with out_indices=(-1,) to use its last stage (CenterNet uses C5 alone), or use 'fpn'/'pan'"
         )
+    if spec.reductions[-1] < 2 ** len(widths):
+        raise BackboneMismatch(
+            f"centernet_neck upsamples by {2 ** len(widths)} ({len(widths)} x2 stages), but the backbone's stride is "
+            f"{spec.reductions[-1]}: use fewer widths (widths={list(widths)[:1]!r} upsamples by 2) or 'simple_pyramid'"
+        )
     return init_weights(CenterNetNeck(spec, widths, resolve_norm(norm, norm_kwargs), resolve_act(act, act_kwargs)))

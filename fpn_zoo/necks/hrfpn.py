@@ -31,6 +31,7 @@ from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
 from ..layers.blocks import init_weights
 from ..layers.config import check_knobs
+from ..layers.resample import resize_to
 
 __all__ = ["HRFPN", "hrfpn", "POOLINGS"]
 
@@ -76,6 +77,10 @@ class HRFPN(nn.Module):
         )
         reductions = [spec.reductions[0] * stride * 2 ** i for i in range(num_outputs)]
         self.feature_info = make_feature_info([out_channels] * num_outputs, reductions)
+        # Output levels at a backbone level's stride take that map's size (a pooled odd-sized map can be a
+        # pixel off it, e.g. in ceil mode); on exact x2 sizes this changes nothing.
+        pooled_strides = [spec.reductions[0] * 2 ** i for i in range(num_outputs)]
+        self._size_of = {i: spec.reductions.index(r) for i, r in enumerate(pooled_strides) if r in spec.reductions}
 
     def _pool(self, x: torch.Tensor, factor: int) -> torch.Tensor:
         if factor == 1:
@@ -91,7 +96,13 @@ class HRFPN(nn.Module):
         size = features[0].shape[-2:]
         resized = [features[0]] + [F.interpolate(x, size=size, mode="bilinear") for x in features[1:]]
         fused = self.reduce(torch.cat(resized, dim=1))
-        return [conv(self._pool(fused, 2 ** i)) for i, conv in enumerate(self.outputs)]
+        outs = []
+        for i, conv in enumerate(self.outputs):
+            pooled = self._pool(fused, 2 ** i)
+            if i in self._size_of:
+                pooled = resize_to(pooled, features[self._size_of[i]].shape[-2:], "nearest")
+            outs.append(conv(pooled))
+        return outs
 
 
 @register_neck("hrfpn")
