@@ -115,6 +115,7 @@ class _Custom(ExtraFPNBlock):
     (dict(extra_blocks=_Custom()), CHANNELS, "extra_blocks"),
     (dict(extra_blocks=LastLevelP6P7(64, 16)), CHANNELS, "extra_blocks"),
     (dict(norm_layer=nn.InstanceNorm2d), CHANNELS, r"inner_blocks\.0\.1 \(norm_layer\)"),
+    (dict(norm_layer=nn.BatchNorm2d, extra_blocks=LastLevelP6P7(8, 8)), CHANNELS, "extra_blocks.*no norm"),
 ])
 def test_torchvision_unsupported_configurations_name_the_attribute(kwargs, channels, attribute):
     tv = torchvision.ops.FeaturePyramidNetwork(channels, 8, **kwargs)

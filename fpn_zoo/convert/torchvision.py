@@ -164,7 +164,7 @@ def _shared_norm(blocks: Any) -> Dict[str, Any]:
     return {"norm": None} if first is None else {"norm": first[0], "norm_kwargs": first[1]}
 
 
-def _extra_knobs(extra: Optional[nn.Module], coarsest_in: int, out_channels: int) -> Dict[str, Any]:
+def _extra_knobs(extra: Optional[nn.Module], coarsest_in: int, out_channels: int, norm: Optional[str]) -> Dict[str, Any]:
     if extra is None:
         return {}
     kind = type(extra).__name__
@@ -172,6 +172,9 @@ def _extra_knobs(extra: Optional[nn.Module], coarsest_in: int, out_channels: int
         return {"extra_levels": 1, "extra_op": "subsample"}
     if kind != "LastLevelP6P7":
         raise ValueError(f"{_OWNER}.extra_blocks: {kind} is not supported (LastLevelMaxPool, LastLevelP6P7)")
+    if norm is not None:
+        raise ValueError(f"{_OWNER}.extra_blocks: LastLevelP6P7's convs have no norm, but next to norm_layer "
+                         f"({norm}) fpn_zoo's conv extra levels get one: not convertible exactly")
     p6, p7 = extra.p6, extra.p7
     source = "output" if extra.use_P5 else "input"
     source_channels = out_channels if extra.use_P5 else coarsest_in
@@ -204,7 +207,7 @@ def from_torchvision_module(peer: nn.Module, *, features: Any = None) -> nn.Modu
         if out != out_channels:
             raise ValueError(f"{_OWNER}.{where}.0.out_channels: {out}, but the FPN's width is {out_channels}")
     channels = [c for c, _, _ in laterals]
-    knobs.update(_extra_knobs(peer.extra_blocks, channels[-1], out_channels))
+    knobs.update(_extra_knobs(peer.extra_blocks, channels[-1], out_channels, knobs["norm"]))
     spec = _spec(channels, features)
     neck = fpn(spec, out_channels=out_channels, act=None, **knobs)
     load_exact(neck, from_torchvision_fpn(peer.state_dict()), _OWNER)
