@@ -58,3 +58,15 @@ def test_docs_index_lists_variants_by_tag_and_the_variants_table_has_tags():
     assert "csp_pan_s" in yolo_row and "[fpn]" not in yolo_row
     header = files["variants.md"].split("| variant |", 1)[1].splitlines()[0]
     assert "tags" in header
+
+
+def test_parity_table_names_a_reference_for_every_family_and_writes_stable_diffs():
+    from tools.docs_gen.parity import PARITY, diff_cell
+
+    families = set(fpn_zoo.list_families())
+    listed = {case.family for case in PARITY}
+    assert listed <= families, f"parity cases for unregistered families: {listed - families}"
+    missing = families - listed
+    assert not missing, f"families without a row in tools/docs_gen/parity.py: {missing}"
+    assert all(case.build is not None or case.note for case in PARITY)  # unmeasured rows say why
+    assert [diff_cell(d) for d in (0.0, 3e-16, 1e-15, 2e-7, 5.0)] == ["0", "<= 1e-15", "<= 1e-15", "<= 1e-6", "<= 1e1"]

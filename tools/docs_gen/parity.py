@@ -236,7 +236,7 @@ def diff_cell(diff: float) -> str:
     """``0``, or the smallest power of ten at least ``diff`` (``<= 1e-15``): text stable across machines."""
     if diff == 0:
         return "0"
-    return f"<= 1e{math.ceil(math.log10(diff)):+03d}".replace("e+", "e").replace("e-0", "e-")
+    return f"<= 1e{math.ceil(math.log10(diff))}"
 
 
 def _measured(case: ParityCase) -> Tuple[str, str]:
