@@ -470,6 +470,7 @@ def list_necks(
     exclude_filters: Union[str, Sequence[str]] = (),
     *,
     family: Optional[str] = None,
+    tag: Optional[str] = None,
 ) -> List[str]:
     """Names of the registered variants, naturally sorted.
 
@@ -477,6 +478,7 @@ def list_necks(
         filter: fnmatch pattern(s) to keep (``"*pan*"``); empty keeps all.
         exclude_filters: fnmatch pattern(s) to drop.
         family: keep only variants of this family.
+        tag: keep only variants carrying this tag (``"yolo"``, ``"two-stage"``; see ``docs/index.md``).
     """
     _ensure_loaded()
     names = list(_state.variants)
@@ -488,6 +490,8 @@ def list_necks(
     names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in excludes)]
     if family is not None:
         names = [n for n in names if _state.variants[n].family == family]
+    if tag is not None:
+        names = [n for n in names if tag in _state.variants[n].tags]
     return sorted(names, key=_natural_key)
 
 

@@ -1,6 +1,6 @@
 """The ``fpn-zoo`` command: list, inspect and benchmark the registered necks.
 
-    fpn-zoo list [FILTER]                                   # variants with family and summary
+    fpn-zoo list [FILTER] [--family F] [--tag T]            # variants with family, tags and summary
     fpn-zoo info NAME [--backbone B] [--size S]             # output levels, params, GFLOPs
     fpn-zoo bench [--necks PATTERN] [--size S] [--plot F]   # params, GFLOPs, CPU latency
 
@@ -12,7 +12,7 @@ backbone, bad size ...) is one line on stderr and exit status 2.
 Example:
     >>> from fpn_zoo.cli import main
     >>> main(["list", "pan_bn*"])  # doctest: +ELLIPSIS
-    variant          family  summary
+    variant          family  tags ...
     ...
     0
 """
@@ -130,16 +130,25 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ._registry import neck_cfg
+    from ._registry import list_necks, neck_cfg
+    from ._utils import close_matches
 
     names = _select(args.filter, substring=True)
     if args.family:
         names = [n for n in names if neck_cfg(n).family == args.family]
         if not names:
             raise CliError(f"no neck of family {args.family!r} matches {args.filter or '*'!r}")
-    rows = [[n, neck_cfg(n).family, neck_cfg(n).summary] for n in names]
+    if args.tag:
+        known = sorted({t for n in list_necks() for t in neck_cfg(n).tags})
+        if args.tag not in known:
+            raise CliError(f"no variant has the tag {args.tag!r}{close_matches(args.tag, known)}; tags: "
+                           f"{', '.join(known)}")
+        names = [n for n in names if args.tag in neck_cfg(n).tags]
+        if not names:
+            raise CliError(f"no neck tagged {args.tag!r} matches {args.filter or '*'!r}")
+    rows = [[n, neck_cfg(n).family, ", ".join(neck_cfg(n).tags), neck_cfg(n).summary] for n in names]
     width = shutil.get_terminal_size((120, 20)).columns if sys.stdout.isatty() else 160
-    print(format_table(["variant", "family", "summary"], rows, max_width=width))
+    print(format_table(["variant", "family", "tags", "summary"], rows, max_width=width))
     return 0
 
 
@@ -323,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--arg", "-a", type=_key_value, action="append", metavar="KEY=VALUE",
                        help="override a neck argument (YAML value), e.g. -a out_channels=128; repeatable")
 
-    p = sub.add_parser("list", help="registered variants with family and summary")
+    p = sub.add_parser("list", help="registered variants with family, tags and summary")
     p.add_argument("filter", nargs="?", default="", help="fnmatch pattern(s), comma-separated; plain text matches a substring")
     p.add_argument("--family", help="only this family")
+    p.add_argument("--tag", "-t", help="only variants with this tag (yolo, two-stage, detr, segmentation ...)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="output levels, params and GFLOPs of one variant on a backbone")

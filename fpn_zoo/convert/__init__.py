@@ -1,6 +1,15 @@
-"""Load weights you already have (torchvision, mmdet, effdet necks) into the matching fpn_zoo variant."""
-from .effdet import from_effdet_bifpn
-from .mmdet import from_mmdet_neck
-from .torchvision import from_torchvision_fpn
+"""Adopt peers' necks: :func:`from_module` turns a torchvision, mmdet or effdet neck module into the fpn_zoo
+neck with its configuration and weights (outputs equal to the peer's); the ``from_*`` functions rename state
+dicts (checkpoints) for a neck you build. New converters register with :func:`register_converter`
+(see :mod:`fpn_zoo.convert.dispatch`)."""
+from .dispatch import find_converter, from_module, list_converters, load_exact, register_converter
+from .effdet import from_effdet_bifpn, from_effdet_module
+from .mmdet import from_mmdet_neck, from_mmdet_fpn_module
+from .mmdet_families import from_mmdet_module
+from .torchvision import from_torchvision_fpn, from_torchvision_module
 
-__all__ = ["from_effdet_bifpn", "from_mmdet_neck", "from_torchvision_fpn"]
+__all__ = [
+    "from_module", "register_converter", "list_converters", "find_converter", "load_exact",
+    "from_effdet_bifpn", "from_effdet_module", "from_mmdet_neck", "from_mmdet_fpn_module", "from_mmdet_module",
+    "from_torchvision_fpn", "from_torchvision_module",
+]

@@ -21,6 +21,11 @@ Build the matching neck first: ``efficientdet_d0`` is ``create_neck("bifpn", bac
 ``d7`` are ``bifpn_d1`` .. ``bifpn_d7``, ``efficientdet_q0`` is ``qufpn``. The TF-ported ``tf_*`` models
 use 'same' padding, which our symmetric-padding convs and pools do not reproduce.
 
+:func:`from_effdet_module` (also reached through :func:`fpn_zoo.convert.from_module`) reads the configuration
+from a built ``BiFpn`` (input channels, width, cells, fusion, separable convs, norm, activation, extra levels)
+and builds the ``bifpn`` neck itself; effdet's other graphs (``qufpn``) go through :func:`from_effdet_bifpn`
+with a neck you build.
+
 Example (needs ``pip install effdet``):
     >>> import fpn_zoo
     >>> from effdet import get_efficientdet_config  # doctest: +SKIP
@@ -35,14 +40,17 @@ Example (needs ``pip install effdet``):
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from .._features import FeatureSpec
 from ..graph import GraphNeck
+from ..necks.bifpn import bifpn
+from .dispatch import load_exact, match_peer, register_converter
 
-__all__ = ["from_effdet_bifpn"]
+__all__ = ["from_effdet_bifpn", "from_effdet_module"]
 
 _CELL = re.compile(r"^cell\.(\d+)\.fnode\.(\d+)\.(.+)$")
 _EXTRA = re.compile(r"^resample\.(\d+)\.conv\.(conv|bn)\.(.+)$")
@@ -172,3 +180,96 @@ def _rename(key: str, neck: GraphNeck, names: List[str], nodes_per_cell: int, nu
     if s:
         return f"nodes.{name}.smooth.0.{_LAYER[s.group(1)]}.{s.group(2)}"
     return None
+
+
+# ------------------------------------------------------------------------------- from the module itself
+
+_OWNER = "effdet BiFpn"
+_FUSIONS = {"fastattn": "fast_attn", "attn": "attn", "sum": "sum"}
+_ACTS = {"SiLU": "silu", "Swish": "silu", "ReLU": "relu"}
+
+
+@register_converter("BiFpn")
+def from_effdet_module(peer: nn.Module, *, features: Any = None) -> GraphNeck:
+    """The ``bifpn`` neck of a built effdet ``BiFpn``, configuration read from the module, weights loaded.
+
+    Args:
+        peer: effdet's ``BiFpn`` (an ``EfficientDet``'s ``fpn``), built with PyTorch padding (``pad_type=''``).
+        features: the backbone levels (for the true strides); their channels must be the peer's inputs.
+            Default: strides 8, 16, 32 ...
+
+    Raises:
+        ValueError: a configuration fpn_zoo's ``bifpn`` does not reproduce, naming the attribute.
+    """
+    cells = list(peer.cell)
+    first = cells[0].fnode[0]
+    num_inputs = peer.num_levels - len(peer.resample)
+    knobs = _after_combine_knobs(first.after_combine)
+    knobs["fusion"] = _fusion(cells)
+    out_channels = _conv_out_channels(first.after_combine.conv)
+    neck = bifpn(_spec(_input_channels(cells[0], num_inputs, out_channels), features), out_channels=out_channels,
+                 num_repeats=len(cells), extra_levels=len(peer.resample), extra_op=_extra_op(peer),
+                 extra_source="input", **knobs)
+    load_exact(neck, from_effdet_bifpn(peer, neck, prefix=""), _OWNER)
+    return match_peer(neck, peer)
+
+
+def _after_combine_knobs(after: nn.Module) -> Dict[str, Any]:
+    conv = after.conv
+    separable = hasattr(conv, "conv_dw")
+    for name in ("conv_dw", "conv_pw") if separable else ("conv",):
+        layer = getattr(conv, name)
+        if type(layer) is not nn.Conv2d:
+            raise ValueError(f"{_OWNER}.cell.0.fnode.0.after_combine.conv.{name}: {type(layer).__name__} (pad_type "
+                             "'same' of the tf_ models?) is not supported; only PyTorch padding converts")
+    norm = getattr(conv, "bn", None)
+    if type(norm) is not nn.BatchNorm2d:
+        raise ValueError(f"{_OWNER}.cell.0.fnode.0.after_combine.conv.bn (norm_layer): {type(norm).__name__} is not "
+                         "supported (BatchNorm2d)")
+    act = getattr(after, "act", None)
+    if act is None or type(act).__name__ not in _ACTS:
+        raise ValueError(f"{_OWNER}.cell.0.fnode.0.after_combine.act (act_type): {type(act).__name__} is not "
+                         f"supported ({', '.join(_ACTS)})")
+    return {"separable": separable, "norm": "batchnorm", "norm_kwargs": {"eps": norm.eps, "momentum": norm.momentum},
+            "act": _ACTS[type(act).__name__]}
+
+
+def _conv_out_channels(conv: nn.Module) -> int:
+    return (conv.conv_pw if hasattr(conv, "conv_pw") else conv.conv).out_channels
+
+
+def _fusion(cells: List[nn.Module]) -> str:
+    methods = {node.combine.weight_method for cell in cells for node in cell.fnode}
+    if len(methods) != 1 or next(iter(methods)) not in _FUSIONS:
+        raise ValueError(f"{_OWNER}.cell.*.fnode.*.combine.weight_method: {sorted(methods)} is not supported "
+                         f"(one of {sorted(_FUSIONS)})")
+    return _FUSIONS[methods.pop()]
+
+
+def _input_channels(cell: nn.Module, num_inputs: int, width: int) -> List[int]:
+    """Channels of the backbone levels, from the first cell's resampling convs (none where they equal ``width``)."""
+    channels = [width] * num_inputs
+    for node in cell.fnode:
+        for offset, resample in node.combine.resample.items():
+            conv = getattr(resample, "conv", None)
+            if int(offset) < num_inputs and conv is not None:
+                channels[int(offset)] = conv.conv.in_channels
+    return channels
+
+
+def _extra_op(peer: nn.Module) -> str:
+    for level, resample in peer.resample.items():
+        down = getattr(resample, "downsample", None)
+        if type(down) is not nn.MaxPool2d or down.kernel_size != 3 or down.stride != 2 or down.padding != 1:
+            raise ValueError(f"{_OWNER}.resample.{level}.downsample (downsample_type): {down!r} is not supported; "
+                             "only 3x3 stride-2 max-pooling with PyTorch padding converts")
+    return "maxpool"
+
+
+def _spec(channels: List[int], features: Any) -> FeatureSpec:
+    if features is None:
+        return FeatureSpec(tuple(channels), tuple(8 * 2 ** i for i in range(len(channels))))
+    spec = FeatureSpec.resolve(features)
+    if list(spec.channels) != channels:
+        raise ValueError(f"{_OWNER}: features have channels {list(spec.channels)}, but the peer takes {channels}")
+    return spec

@@ -10,6 +10,11 @@ the family builders' signatures and docstrings, and necks built on a reference b
 * ``necks/<name>.md``: summary, paper, a Mermaid diagram of the built graph, arguments with the family's
   defaults, output levels on the reference backbone, a runnable example.
 * ``questions.md``: the original notes' questions (channels, deeper smoothing, bottom-up path), measured.
+* ``parity.md``: family -> reference implementation -> converter call -> max abs diff, measured by running the
+  converters (:mod:`~tools.docs_gen.parity`).
+
+Tags come from one vocabulary (:mod:`~tools.docs_gen.tags`): the variants table has a tags column, the index
+lists the variants by tag.
 
 Latency is machine noise, everything else is deterministic. Latencies are written only in table cells of
 the form ``12.34 ms`` (``n/a ms`` when not measured); :func:`check` masks exactly those cells
@@ -39,6 +44,7 @@ from fpn_zoo.measure import Reference, time_interleaved
 from .files import README_END, README_START, check, default_docs_dir, readme_table, sync_readme, write
 from .markdown import LATENCY_RE, NECK_DIR
 from .measuring import FALLBACK_REFERENCES, REFERENCE, Bench, VariantDoc, measure_variants, question_configs, select_necks
+from .parity import render_parity
 from .pages import render_index, render_page, render_questions, render_variants
 
 __all__ = [
@@ -56,6 +62,7 @@ def generate(
     fallbacks: Sequence[Reference] = FALLBACK_REFERENCES,
     latency_reps: int = 5,
     questions: bool = True,
+    parity: bool = False,
     threads: Optional[int] = 1,
     progress: Optional[ProgressFn] = None,
 ) -> Dict[str, str]:
@@ -67,6 +74,7 @@ def generate(
         fallbacks: backbones tried for a variant that declines ``reference``.
         latency_reps: interleaved timing rounds; 0 measures no latency (``n/a ms``; what ``check`` does).
         questions: also write ``questions.md``.
+        parity: also write ``parity.md`` (runs every converter against its peer: a few seconds).
         threads: torch CPU threads while measuring (None: leave as is).
         progress: called as ``progress(done, total, what)`` after each step.
     """
@@ -74,13 +82,16 @@ def generate(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _generate(names, reference, fallbacks, latency_reps, questions, progress)
+        files = _generate(names, reference, fallbacks, latency_reps, questions, parity, progress)
+        if parity:
+            files["parity.md"] = render_parity()
+        return files
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _generate(names: Union[str, Sequence[str], None], reference: Reference, fallbacks: Sequence[Reference],
-              latency_reps: int, questions: bool, progress: Optional[ProgressFn]) -> Dict[str, str]:
+              latency_reps: int, questions: bool, parity: bool, progress: Optional[ProgressFn]) -> Dict[str, str]:
     selected = select_necks(names) if names is None or isinstance(names, str) else list_necks(list(names))
     if not selected:
         raise ValueError(f"no registered neck matches {names!r}")
@@ -124,7 +135,7 @@ def _generate(names: Union[str, Sequence[str], None], reference: Reference, fall
         q_latency = {k[2:]: seconds[v] * 1e3 for k, v in owners.items() if k.startswith("q:")}
 
     files = {
-        "index.md": render_index(docs, reference, bool(qs)),
+        "index.md": render_index(docs, reference, bool(qs), parity),
         "variants.md": render_variants(docs, latency, reference),
     }
     if qs:

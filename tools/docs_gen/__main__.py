@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         files = generate(names, latency_reps=0 if args.check else args.reps, questions=not args.necks,
-                         progress=progress)
+                         parity=not args.necks, progress=progress)
     finally:
         progress.close()
     readme = out.parent / "README.md"

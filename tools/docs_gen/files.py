@@ -11,7 +11,7 @@ from .measuring import select_necks
 
 __all__ = ["PAGES", "README_START", "README_END", "write", "check", "readme_table", "sync_readme", "default_docs_dir"]
 
-PAGES = ("index.md", "variants.md", "questions.md")
+PAGES = ("index.md", "variants.md", "questions.md", "parity.md")
 README_START, README_END = "<!-- variants:start -->", "<!-- variants:end -->"
 
 
@@ -79,10 +79,12 @@ def readme_table(docs_prefix: str = "docs") -> str:
     for name in select_necks(None):
         cfg = neck_cfg(name)
         rows.append([f"[`{name}`]({docs_prefix}/{NECK_DIR}/{name}.md)", f"`{cfg.family}`", cfg.summary or "-",
-                     paper_link(cfg.paper)])
+                     ", ".join(cfg.tags) or "-", paper_link(cfg.paper)])
     note = (f"{len(rows)} variants; params, GFLOPs and latency on a reference backbone are in "
-            f"[{docs_prefix}/variants.md]({docs_prefix}/variants.md).")
-    return "\n".join([note, "", md_table(["variant", "family", "summary", "paper"], rows, "llll")])
+            f"[{docs_prefix}/variants.md]({docs_prefix}/variants.md); variants by tag in "
+            f"[{docs_prefix}/index.md]({docs_prefix}/index.md#variants-by-tag); parity with the reference "
+            f"implementations in [{docs_prefix}/parity.md]({docs_prefix}/parity.md).")
+    return "\n".join([note, "", md_table(["variant", "family", "summary", "tags", "paper"], rows, "lllll")])
 
 
 def sync_readme(readme: Union[str, Path], *, check: bool) -> bool:

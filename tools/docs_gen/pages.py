@@ -15,8 +15,9 @@ from .markdown import (
     rst_to_md, value_cell,
 )
 from .measuring import NOTES_BLOCK, Question, VariantDoc
+from .tags import GROUPS, TAGS, tags_of_group
 
-__all__ = ["render_index", "render_variants", "render_page", "render_questions"]
+__all__ = ["render_index", "render_variants", "render_page", "render_questions", "tag_tables"]
 
 
 def family_summary(family: str) -> str:
@@ -64,6 +65,7 @@ def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], re
             (mparams(stats.params) + note) if stats else "-",
             (gflops(stats.flops) + note) if stats else "-",
             latency_cell(latency.get(d.cfg.name)) if stats else "-",
+            ", ".join(d.cfg.tags) or "-",
             paper_link(d.cfg.paper),
         ])
     parts = [
@@ -74,7 +76,8 @@ def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], re
         "rounds, one thread, on the machine that generated these pages: compare the numbers with each other, "
         "not with another machine's. A backbone in brackets marks a variant measured on a fallback backbone "
         "because it declines the reference one.\n",
-        md_table(["variant", "family", "summary", "params (M)", "GFLOPs", "CPU latency", "paper"], rows, "lllrrrl"),
+        md_table(["variant", "family", "summary", "params (M)", "GFLOPs", "CPU latency", "tags", "paper"], rows,
+                 "lllrrrll"),
     ]
     failed = [d for d in docs if d.error]
     if failed:
@@ -135,7 +138,25 @@ def render_page(d: VariantDoc) -> str:
     return "\n".join(p for p in out if p)
 
 
-def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: bool) -> str:
+def tag_tables(docs: Sequence[VariantDoc]) -> str:
+    """The variants by tag: one table per group of the vocabulary (:mod:`~tools.docs_gen.tags`), used tags only."""
+    parts = []
+    for group in GROUPS:
+        rows = []
+        for tag in tags_of_group(group):
+            members = [d.cfg.name for d in docs if tag in d.cfg.tags]
+            if members:
+                rows.append([f"`{tag}`", TAGS[tag][1], ", ".join(f"[{n}]({NECK_DIR}/{n}.md)" for n in members)])
+        if rows:
+            parts.append(f"### {group.capitalize()}\n\n" + md_table(["tag", "meaning", "variants"], rows))
+    other = sorted({t for d in docs for t in d.cfg.tags if t not in TAGS})
+    if other:
+        parts.append("### Other tags\n\n" + md_table(["tag", "variants"], [[f"`{t}`", ", ".join(
+            f"[{d.cfg.name}]({NECK_DIR}/{d.cfg.name}.md)" for d in docs if t in d.cfg.tags)] for t in other]))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: bool, with_parity: bool = False) -> str:
     names = [d.cfg.name for d in docs]
     families = [f for f in list_families() if any(d.cfg.family == f for d in docs)]
     fam_rows = []
@@ -148,7 +169,12 @@ def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: boo
     if with_questions:
         pages.append("- [Questions](questions.md): the original notes' questions (how many channels, deeper "
                      "smoothing, a bottom-up path), answered with measurements.")
+    if with_parity:
+        pages.append("- [Parity](parity.md): each family against its reference implementation (torchvision, mmdet, "
+                     "effdet ...): the converter call and the measured max abs diff in float64 and float32.")
     pages.append(f"- One page per variant under `{NECK_DIR}/`: diagram of the built graph, arguments, output levels.")
+    pages.append("- [Variants by tag](#variants-by-tag): browse by purpose (`yolo`, `detr`, `two-stage` ...), "
+                 "structure or reference; `fpn-zoo list --tag yolo` and `fpn_zoo.list_necks(tag=\"yolo\")` do the same.")
     return "\n".join([
         "# fpn_zoo\n", GENERATED_NOTE + "\n",
         "Feature-pyramid necks for any [timm](https://github.com/huggingface/pytorch-image-models) "
@@ -164,8 +190,12 @@ def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: boo
         'fpn_zoo.list_necks("*pan*"), fpn_zoo.neck_cfg("fpn").args\n```\n',
         "## Families\n",
         md_table(["family", "what it is", "variants"], fam_rows),
-        "\n## Command line\n",
-        "```\nfpn-zoo list [FILTER]                        # variants, family, summary\n"
+        "\n## Variants by tag\n",
+        "Tags come from one vocabulary in three groups: *purpose* (what a neck serves), *structure* (how it is "
+        "built) and *reference* (the peer whose weights convert, or the model whose configuration it is).\n",
+        tag_tables(docs),
+        "## Command line\n",
+        "```\nfpn-zoo list [FILTER] [--tag T]              # variants, family, tags, summary\n"
         "fpn-zoo info NAME [--backbone B] [--size S]  # output levels, params, GFLOPs\n"
         "fpn-zoo bench --necks 'fpn*' --size 128      # params, GFLOPs, CPU latency [--plot out.png]\n"
         "```\n",
