@@ -2,5 +2,6 @@
 from .effdet import from_effdet_bifpn
 from .mmdet import from_mmdet_neck
 from .torchvision import from_torchvision_fpn
+from .ultralytics_yolo import from_ultralytics
 
-__all__ = ["from_effdet_bifpn", "from_mmdet_neck", "from_torchvision_fpn"]
+__all__ = ["from_effdet_bifpn", "from_mmdet_neck", "from_torchvision_fpn", "from_ultralytics"]
