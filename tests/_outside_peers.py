@@ -47,3 +47,27 @@ def run_capturing(model: nn.Module, layer_indices: Sequence[int], image: torch.T
 
 def max_abs(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> List[float]:
     return [(x - y).abs().max().item() for x, y in zip(a, b)]
+
+
+def rtdetr_model(dtype: torch.dtype = torch.float64, **config_overrides) -> nn.Module:
+    """A small ``RTDetrModel`` (tiny ResNet backbone, 32-wide encoder), random init, eval mode."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.rt_detr.modeling_rt_detr import RTDetrModel
+
+    backbone = transformers.RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                               out_features=["stage2", "stage3", "stage4"])
+    kwargs = dict(backbone_config=backbone, encoder_in_channels=[16, 24, 32], encoder_hidden_dim=32,
+                  encoder_ffn_dim=48, encoder_attention_heads=4, d_model=32, decoder_layers=1, num_queries=10,
+                  num_denoising=0, decoder_ffn_dim=32, decoder_attention_heads=4)
+    kwargs.update(config_overrides)
+    torch.manual_seed(0)
+    model = RTDetrModel(transformers.RTDetrConfig(**kwargs))
+    randomize_norms(model)
+    return model.to(dtype).eval()
+
+
+def rtdetr_encoder_outputs(model: nn.Module, maps: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """The peer's own modules on backbone maps: input projections, then the hybrid encoder."""
+    with torch.no_grad():
+        projected = [proj(x) for proj, x in zip(model.encoder_input_proj, maps)]
+        return list(model.encoder(projected).last_hidden_state)
