@@ -71,3 +71,30 @@ def rtdetr_encoder_outputs(model: nn.Module, maps: Sequence[torch.Tensor]) -> Li
     with torch.no_grad():
         projected = [proj(x) for proj, x in zip(model.encoder_input_proj, maps)]
         return list(model.encoder(projected).last_hidden_state)
+
+
+def upernet_head(in_channels: Sequence[int], dtype: torch.dtype = torch.float64, **config_overrides) -> nn.Module:
+    """A transformers ``UperNetHead`` from ``UperNetConfig`` (random init, eval mode)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.upernet.modeling_upernet import UperNetHead
+
+    kwargs = dict(hidden_size=16, num_labels=3)
+    kwargs.update(config_overrides)
+    torch.manual_seed(0)
+    head = UperNetHead(transformers.UperNetConfig(**kwargs), in_channels=list(in_channels))
+    randomize_norms(head)
+    return head.to(dtype).eval()
+
+
+def run_hooked(model: nn.Module, modules: Sequence[nn.Module], *args) -> List[torch.Tensor]:
+    """Run ``model(*args)`` and return what each of ``modules`` output during the call."""
+    seen: Dict[int, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda mod, a, out, k=k: seen.__setitem__(k, out))
+               for k, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return [seen[k] for k in range(len(modules))]

@@ -196,7 +196,7 @@ class RTDETRHybridEncoder(nn.Module):
         check_module_inputs(self, features, self.spec)
         if self.spec.input_fmt == "NHWC":
             features = [x.permute(0, 3, 1, 2) for x in features]
-        maps = [proj(x) for proj, x in zip(self.input_proj, features)] if self.input_proj is not None else list(features)
+        maps = list(features) if self.input_proj is None else [proj(x) for proj, x in zip(self.input_proj, features)]
         n = len(maps)
         running = self.encode(maps[-1]) if len(self.aifi) else maps[-1]
         tops: List[torch.Tensor] = list(maps)
