@@ -341,8 +341,9 @@ def yolo_pan(
         BackboneMismatch: fewer than two levels, or levels at a repeated stride (a plain ViT).
         ValueError: a bad knob, a C2PSA width its heads do not divide.
     """
-    check_knobs(out_channels=1, upsample_mode=upsample_mode, base_channels=base_channels, max_channels=max_channels,
-                num_blocks=num_blocks, sppf_kernel=sppf_kernel)
+    for name, count in (("base_channels", base_channels), ("max_channels", max_channels), ("num_blocks", num_blocks),
+                        ("sppf_kernel", sppf_kernel)):
+        check_count(name, count)
     check_count("c2psa_blocks", c2psa_blocks, minimum=0)
     _check_factor("widen_factor", widen_factor)
     check_choice("block", block, YOLO_BLOCKS)
@@ -363,7 +364,7 @@ def yolo_pan(
         if len(widths) != spec.num_levels:
             raise ValueError(f"yolo_pan: out_channels has {len(widths)} entries for {spec.num_levels} levels")
     for width in widths:
-        check_knobs(out_channels=width)
+        check_knobs(out_channels=width, upsample_mode=upsample_mode)
         smallest = 2 if block == "c2f" else 4
         if width < smallest:
             raise ValueError(f"yolo_pan: out_channels must be at least {smallest} ({block} halves them"
