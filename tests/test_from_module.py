@@ -270,3 +270,17 @@ def test_importing_the_converters_does_not_import_the_peers():
             "print(sorted(m for m in ('mmdet', 'mmcv', 'effdet', 'ultralytics', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_from_module_adopts_the_outside_peers_too():
+    """ultralytics and transformers necks go through the same one call as torchvision / mmdet / effdet."""
+    from _outside_peers import rtdetr_model, ultralytics_model, upernet_head
+    from fpn_zoo.convert import from_transformers_rtdetr, from_transformers_upernet, from_ultralytics
+
+    for peer, direct in ((ultralytics_model("yolov8n.yaml"), from_ultralytics),
+                         (rtdetr_model(), from_transformers_rtdetr),
+                         (upernet_head([8, 16, 32]), from_transformers_upernet)):
+        neck, expected = fpn_zoo.convert.from_module(peer), direct(peer)
+        assert type(neck) is type(expected)
+        for (k, a), (k2, b) in zip(neck.state_dict().items(), expected.state_dict().items(), strict=True):
+            assert k == k2 and torch.equal(a, b)

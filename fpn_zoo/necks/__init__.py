@@ -15,3 +15,6 @@ from . import csp_pafpn  # noqa: F401
 from . import fpg  # noqa: F401
 
 __all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]
+from . import yolo_pan  # noqa: F401
+from . import rtdetr_encoder  # noqa: F401
+from . import upernet  # noqa: F401

@@ -205,6 +205,15 @@ PARITY: Tuple[ParityCase, ...] = (
     ParityCase("csp_pan", "ultralytics YOLOv8 neck", "-", note="no converter yet (issue 15: reconciled with the "
                "ultralytics YOLO11 / YOLOv8 neck)"),
     ParityCase("simple_pyramid", "ViTDet (detectron2)", "-", note="paper only: detectron2 is not a peer here"),
+    ParityCase("yolo_pan", "ultralytics 8.4 YOLOv8 / YOLO11 neck (DetectionModel)", "from_module(model)",
+               note="measured in tests/test_yolo_pan.py, which captures the maps the neck reads and the maps Detect "
+                    "reads with hooks on a whole model: float64 0, float32 0"),
+    ParityCase("rtdetr_encoder", "transformers 5.24 RTDetrHybridEncoder (with RTDetrModel's input projections)",
+               "from_module(model)", note="measured in tests/test_rtdetr_encoder.py: float64 <= 1e-15 "
+               "(scaled_dot_product_attention vs plain matmuls), float32 0"),
+    ParityCase("upernet", "transformers 5.24 UperNetHead (before its classifier)", "from_module(head)",
+               note="measured in tests/test_upernet.py (the head's fused map and its pyramid levels): float64 0, "
+                    "float32 0"),
 )
 
 

@@ -48,6 +48,8 @@ TAGS: Dict[str, Tuple[str, str]] = {  # tag: (group, what it means)
     "attention": ("structure", "attention (non-local) blocks"),
     "global-pooling": ("structure", "global-pooling attention in the fusion"),
     "context": ("structure", "context modules widening the receptive field per level"),
+    "pyramid-pooling": ("structure", "pooling at several grid sizes on the coarsest map (PSPNet's PPM, SPPF)"),
+    "single-output": ("structure", "returns one fused map rather than one per level"),
     "dilated": ("structure", "dilated residual blocks"),
     "upsampling": ("structure", "learned upsampling (deconvolutions) to a finer stride"),
     "refine": ("structure", "gathers all levels to one, refines, and scatters back (balanced pyramid)"),
@@ -72,6 +74,8 @@ TAGS: Dict[str, Tuple[str, str]] = {  # tag: (group, what it means)
     "rtmdet": ("reference", "RTMDet's configuration"),
     "ssd": ("reference", "SSD's configuration"),
     "centernet": ("reference", "CenterNet's configuration"),
+    "rt-detr": ("reference", "RT-DETR's configuration"),
+    "upernet": ("reference", "UPerNet's configuration"),
     "original-notes": ("reference", "the design notes this project grew from"),
 }
 
