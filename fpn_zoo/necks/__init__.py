@@ -15,3 +15,4 @@ from . import csp_pafpn  # noqa: F401
 from . import fpg  # noqa: F401
 
 __all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]
+from . import fpn_carafe  # noqa: F401
