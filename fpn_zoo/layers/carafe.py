@@ -52,16 +52,16 @@ def carafe_reassemble(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, 
     return out.reshape(n, c, h * scale, w * scale)
 
 
-def fit_to_size(x: torch.Tensor, size: Sequence[int], margin: int) -> torch.Tensor:
-    """Crop ``x`` to ``size`` at the bottom/right, first padding by ``margin`` rows/columns repeating the edge.
+def fit_to_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``x`` cropped to ``size`` at the bottom/right, or extended there by repeating its last row/column.
 
     An x``s`` upsampled map is cropped when the finer map is smaller (mmdet ``FPN_CARAFE``'s ``slice_as``: a
-    backbone that rounds sizes up) and padded with its last row/column when it is larger (one that rounds
-    down). No branch on the sizes, so the sizes stay symbolic under ``torch.export``.
+    backbone that rounds sizes up) and extended when it is larger (one that rounds down). Rows and columns are
+    gathered by index, with no branch and no slice on the sizes, so they stay symbolic under ``torch.export``.
     """
-    if margin > 0:
-        x = F.pad(x, (0, margin, 0, margin), mode="replicate")
-    return x[..., : size[0], : size[1]]
+    rows = torch.arange(size[0], device=x.device).clamp(max=x.shape[-2] - 1)
+    cols = torch.arange(size[1], device=x.device).clamp(max=x.shape[-1] - 1)
+    return x.index_select(-2, rows).index_select(-1, cols)
 
 
 class CARAFE(nn.Module):
@@ -113,6 +113,6 @@ class CARAFE(nn.Module):
         return logits.view(n, self.up_group, k2, height, width).softmax(dim=2).view(n, -1, height, width)
 
     def forward(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """Upsample ``x`` by ``scale_factor``; with ``size``, cropped or edge-padded to it (see :func:`fit_to_size`)."""
+        """Upsample ``x`` by ``scale_factor``; with ``size``, cropped or edge-extended to it (:func:`fit_to_size`)."""
         out = carafe_reassemble(x, self.kernels(x), self.up_kernel, self.up_group, self.scale_factor)
-        return out if size is None else fit_to_size(out, size, self.scale_factor)
+        return out if size is None else fit_to_size(out, size)
