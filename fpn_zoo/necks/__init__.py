@@ -17,3 +17,4 @@ from . import fpg  # noqa: F401
 __all__ = ["fpn", "pan", "bifpn", "graph_family", "chain", "csp_pan", "simple_pyramid"]
 from . import fpn_carafe  # noqa: F401
 from . import dyhead  # noqa: F401
+from . import nasfcos_fpn  # noqa: F401
