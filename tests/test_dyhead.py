@@ -197,13 +197,19 @@ def test_every_parameter_gets_a_gradient() -> None:
     (dict(num_blocks=0), ValueError, "num_blocks must be >= 1"),
     (dict(out_channels=24), ValueError, "out_channels=24 must be a multiple of GroupNorm's num_groups=16"),
     (dict(zero_init_offset="yes"), TypeError, "zero_init_offset must be a bool"),
-    (dict(before="fpm"), ValueError, "did you mean 'fpn'"),
+    (dict(before="fpm"), ValueError, "dyhead: before='fpm': unknown neck 'fpm'; did you mean 'fpn'"),
+    (dict(before=3), TypeError, "before must be a registered neck name"),
     (dict(before=None, before_args={"out_channels": 8}), ValueError, "before_args=.* is set but before is None"),
     (dict(before=None), fpn_zoo.BackboneMismatch, "use fpn_dyhead"),
 ])
 def test_bad_knobs_raise_clear_errors(overrides, error, message) -> None:
     with pytest.raises(error, match=message):
         fpn_zoo.create_neck("fpn_dyhead", [8, 16, 32], **overrides)
+
+
+def test_out_channels_also_sets_the_first_necks_width() -> None:
+    neck = fpn_zoo.create_neck("fpn_dyhead", [8, 16, 32], out_channels=32, num_blocks=1)
+    assert neck.first.feature_info.channels() == neck.feature_info.channels() == [32] * 5
 
 
 def test_single_stride_backbone_is_declined_with_a_variant_that_fits() -> None:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._features import BackboneMismatch, FeatureSpec, check_module_inputs, make_feature_info
-from .._registry import register_neck
+from .._registry import neck_cfg, register_neck
 from ..layers.config import check_count
 from ..layers.conv import LayerSpec, resolve_norm
 from ..layers.deform import ModulatedDeformConv
@@ -257,7 +257,8 @@ def dyhead(
 
     Args:
         spec: the levels: one width, strides doubling (an FPN's outputs), unless ``before`` makes them.
-        out_channels: channels of every output; None keeps the input width.
+        out_channels: channels of every output (and of ``before``'s unless ``before_args`` sets them); None
+            keeps the input width.
         num_blocks: DyHead blocks stacked (the paper: 6).
         zero_init_offset: start the DCNv2 offsets (and masks, at 0.5) at zero (mmdet's default; the ATSS
             config sets False).
@@ -278,7 +279,8 @@ def dyhead(
     norm_layer = resolve_norm(norm, norm_kwargs)
     first: Optional[nn.Module] = None
     if before is not None:
-        first = _build_before(spec, before, before_args)
+        inherit = {} if out_channels is None else {"out_channels": out_channels}
+        first = _build_before(spec, before, before_args, inherit)
         spec = FeatureSpec(tuple(first.feature_info.channels()), tuple(first.feature_info.reduction()))
     elif before_args:
         raise ValueError(f"dyhead: before_args={dict(before_args)!r} is set but before is None (no first neck)")
@@ -293,9 +295,18 @@ def dyhead(
     return neck if first is None else ChainedNeck(first, neck)
 
 
-def _build_before(spec: FeatureSpec, before: str, before_args: Optional[Mapping[str, Any]]) -> nn.Module:
-    """The ``before`` neck on ``spec``: :func:`~fpn_zoo.necks.chain.chain_neck` builds it on a pass-through."""
-    return chain_neck(_PassThrough(spec), before, before_args, owner="dyhead").second
+def _build_before(
+    spec: FeatureSpec, before: str, before_args: Optional[Mapping[str, Any]], inherit: Mapping[str, Any]
+) -> nn.Module:
+    """The ``before`` neck on ``spec`` (taking ``inherit`` unless ``before_args`` sets it):
+    :func:`~fpn_zoo.necks.chain.chain_neck` builds it on a pass-through."""
+    if not isinstance(before, str):
+        raise TypeError(f"dyhead: before must be a registered neck name, got {type(before).__name__} {before!r}")
+    try:
+        neck_cfg(before)
+    except ValueError as e:
+        raise ValueError(f"dyhead: before={before!r}: {e}") from None
+    return chain_neck(_PassThrough(spec), before, before_args, inherit=inherit, owner="dyhead").second
 
 
 class _PassThrough(nn.Module):
