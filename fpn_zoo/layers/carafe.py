@@ -28,7 +28,9 @@ from torch import nn
 __all__ = ["CARAFE", "carafe_reassemble", "fit_to_size"]
 
 
-def carafe_reassemble(x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, groups: int, scale: int) -> torch.Tensor:
+def carafe_reassemble(
+    x: torch.Tensor, kernels: torch.Tensor, kernel_size: int, groups: int, scale: int
+) -> torch.Tensor:
     """Reassemble ``x`` with per-output-pixel kernels (mmcv ``carafe``'s contract, in plain PyTorch).
 
     Args:
