@@ -22,7 +22,9 @@ from conftest import backbone
 
 # The order a variant's backbone is chosen in: the CNN pyramid first (what most users feed).
 KINDS = ("cnn", "vit", "nhwc")
-SHALLOW = {"num_repeats": 1}
+# The knob that stacks a family's repeated cell: BiFPN / NAS-FPN cells, DyHead blocks (csp_pan's and the YOLO
+# necks' num_blocks count bottlenecks inside one block: not a stack).
+SHALLOW_KNOB = {"dyhead": "num_blocks"}
 
 
 def build(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Tuple[torch.nn.Module, str]:
@@ -36,8 +38,15 @@ def build(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Tuple[tor
     pytest.fail(f"{name} accepts none of the test backbones {KINDS}")
 
 
+def shallow(name: str) -> Dict[str, int]:
+    """The overrides that build ``name`` with one cell / block, or ``{}`` if it stacks none."""
+    cfg = fpn_zoo.neck_cfg(name)
+    key = SHALLOW_KNOB.get(cfg.family, "num_repeats")
+    return {key: 1} if key in cfg.args else {}
+
+
 def stacks_cells(name: str) -> bool:
-    return all(key in fpn_zoo.neck_cfg(name).args for key in SHALLOW)
+    return bool(shallow(name))
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,7 +54,7 @@ def smallest_per_family() -> Dict[str, str]:
     """``{family: variant}``: the variant with the fewest modules (the least to trace) in each family."""
     best: Dict[str, Tuple[int, str]] = {}
     for name in fpn_zoo.list_necks():
-        neck, _ = build(name, SHALLOW if stacks_cells(name) else None)
+        neck, _ = build(name, shallow(name) or None)
         size = (sum(1 for _ in neck.modules()), name)
         family = fpn_zoo.neck_cfg(name).family
         best[family] = min(best.get(family, size), size)
@@ -62,5 +71,6 @@ def variant_params(*marks: pytest.MarkDecorator) -> List:
         params.append(pytest.param(name, {}, id=name,
                                    marks=marks if as_registered_is_default else (*marks, pytest.mark.sweep)))
         if name in default and stacks_cells(name):
-            params.append(pytest.param(name, dict(SHALLOW), id=f"{name}-num_repeats=1", marks=marks))
+            knob = next(iter(shallow(name)))
+            params.append(pytest.param(name, shallow(name), id=f"{name}-{knob}=1", marks=marks))
     return params

@@ -205,6 +205,12 @@ PARITY: Tuple[ParityCase, ...] = (
     ParityCase("csp_pan", "ultralytics YOLOv8 neck", "-", note="no converter yet (issue 15: reconciled with the "
                "ultralytics YOLO11 / YOLOv8 neck)"),
     ParityCase("simple_pyramid", "ViTDet (detectron2)", "-", note="paper only: detectron2 is not a peer here"),
+    ParityCase("fpn_carafe", "mmdet 3.3 FPN_CARAFE", "-", note=_MMCV_OPS.format("FPN_CARAFE") + "; tested against a "
+               "float64 loop reference of CARAFE's reassembly (tests/test_fpn_carafe.py: <= 1e-15)"),
+    ParityCase("dyhead", "mmdet 3.3 DyHead", "-", note=_MMCV_OPS.format("DyHead") + "; tested against float64 "
+               "references of DCNv2 sampling, scale attention and DyReLU (tests/test_dyhead.py: <= 1e-15)"),
+    ParityCase("nasfcos_fpn", "mmdet 3.3 NASFCOS_FPN", "-", note=_MMCV_OPS.format("NASFCOS_FPN") + "; tested against "
+               "a float64 reference with a loop DCNv2 (tests/test_nasfcos_fpn.py: <= 1e-15)"),
     ParityCase("yolo_pan", "ultralytics 8.4 YOLOv8 / YOLO11 neck (DetectionModel)", "from_module(model)",
                note="measured in tests/test_yolo_pan.py, which captures the maps the neck reads and the maps Detect "
                     "reads with hooks on a whole model: float64 0, float32 0"),

@@ -1,0 +1,111 @@
+"""Modulated deformable convolution (DCNv2) on ``torchvision.ops.deform_conv2d``, no compiled mmcv op.
+
+Zhu et al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019. https://arxiv.org/abs/1811.11168
+
+Each kernel tap ``k`` of output pixel ``p`` samples the input bilinearly at ``p * stride - padding + k *
+dilation + offset_k(p)`` (zero outside the map) and is scaled by a mask ``m_k(p)`` in ``[0, 1]``. Offsets are
+``(dy, dx)`` pairs per tap, grouped by deformable group: the channel layout of torchvision and of mmcv's
+``ModulatedDeformConv2d`` alike. The state-dict names are mmcv's (``weight``, ``bias``; ``conv_offset`` for the
+module that predicts its own offsets), so its weights map one to one.
+
+Example:
+    >>> import torch
+    >>> conv = ModulatedDeformConvPack(8, 16, 3, padding=1, deform_groups=2)
+    >>> tuple(conv(torch.rand(1, 8, 9, 13)).shape)
+    (1, 16, 9, 13)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+from torchvision.ops import deform_conv2d
+
+__all__ = ["ModulatedDeformConv", "ModulatedDeformConvPack"]
+
+
+class ModulatedDeformConv(nn.Module):
+    """A DCNv2 conv whose offsets and masks are given to ``forward`` (mmcv ``ModulatedDeformConv2d``).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: the kernel's side.
+        stride: the conv's stride.
+        padding: zero padding on each side.
+        dilation: spacing of the kernel taps.
+        groups: conv groups.
+        deform_groups: channel groups with their own offsets and masks.
+        bias: add a learned bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        deform_groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.deform_groups = deform_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        self.bias: Optional[nn.Parameter] = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    @property
+    def offset_channels(self) -> int:
+        """Channels of the offsets: a ``(dy, dx)`` pair per kernel tap and deformable group."""
+        return 2 * self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
+
+    def reset_parameters(self) -> None:
+        """mmcv's initialisation: uniform in ``+-1/sqrt(fan_in)``, zero bias."""
+        bound = 1 / math.sqrt(self.weight[0].numel())
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Args: the map, offsets ``(N, offset_channels, H_out, W_out)``, masks ``(N, offset_channels / 2, H_out,
+        W_out)``. Returns: ``(N, out_channels, H_out, W_out)``."""
+        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                             dilation=self.dilation, mask=mask)
+
+
+class ModulatedDeformConvPack(ModulatedDeformConv):
+    """A DCNv2 conv predicting its own offsets and masks with a conv of the same geometry (mmcv
+    ``ModulatedDeformConv2dPack``, "DCNv2" in mmdet configs): offsets from the first two thirds of
+    ``conv_offset``'s channels, masks as the sigmoid of the last third. ``conv_offset`` starts at zero (a plain
+    conv with masks 0.5), as in the paper.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.conv_offset = nn.Conv2d(
+            self.in_channels, self.offset_channels * 3 // 2, self.kernel_size, stride=self.stride, padding=self.padding,
+            dilation=self.dilation,
+        )
+        self.init_offset()
+
+    def init_offset(self) -> None:
+        """Zero offsets and masks 0.5 everywhere until trained."""
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Args: the map. Returns: the DCNv2 conv of it with offsets and masks predicted from it."""
+        predicted = self.conv_offset(x)
+        offset, mask = predicted[:, : self.offset_channels], predicted[:, self.offset_channels:].sigmoid()
+        return super().forward(x, offset, mask)
