@@ -21,6 +21,14 @@ Scale: ``out_channels`` and ``num_blocks`` are the actual width and bottleneck c
 ``deepen_factor`` scale them YOLO-style (width rounded up to a multiple of 8, at least one bottleneck).
 The named variants ``csp_pan_n/s/m/l`` set the width and depth directly (64/128/192/256, 1/1/2/3).
 
+How it relates to ultralytics' neck: the exact YOLOv8 / YOLO11 neck, weight for weight, is the ``yolo_pan``
+family (``yolov8n_neck`` ..., :func:`fpn_zoo.convert.from_ultralytics`). ``csp_pan`` has the same topology and
+its C2f block computes YOLOv8's C2f function with the same child names, but differs in five ways: one
+uniform width, a 1x1 projection on every input, no SPPF / C2PSA on the coarsest level, BatchNorm eps 1e-5
+(ultralytics: 1e-3, momentum 0.03), and no residual bottlenecks or C3k (so no YOLO11). It stays as it is so
+that its checkpoints keep loading; choose ``yolo_pan`` to match ultralytics, ``csp_pan`` for a uniform-width
+CSP-PAN on any backbone (PP-PicoDet's layout).
+
 Example:
     >>> import torch, fpn_zoo
     >>> neck = fpn_zoo.create_neck("csp_pan_n", [32, 64, 128])
