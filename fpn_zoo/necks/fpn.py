@@ -25,7 +25,7 @@ from ..layers.blocks import init_weights, standard_blocks
 from ..layers.config import check_knobs
 from ..layers.conv import LayerSpec
 
-__all__ = ["fpn_topology", "top_down_nodes", "fpn"]
+__all__ = ["fpn_topology", "lateral_only_topology", "top_down_nodes", "fpn"]
 
 
 def top_down_nodes(num_levels: int) -> Tuple[List[Node], List[int]]:
@@ -57,6 +57,13 @@ def fpn_topology(num_levels: int) -> Topology:
     return Topology(f"fpn{num_levels}", num_levels, tuple(nodes), tuple(outputs))
 
 
+def lateral_only_topology(num_levels: int) -> Topology:
+    """Every level on its own (lateral, then smoothing), with no top-down path: the baseline that shows what
+    the top-down path adds."""
+    nodes = tuple(Node(f"out{level}", level, (level,)) for level in range(num_levels))
+    return Topology(f"lateral_only{num_levels}", num_levels, nodes, tuple(range(num_levels, 2 * num_levels)))
+
+
 @register_neck("fpn")
 def fpn(
     spec: FeatureSpec,
@@ -72,6 +79,7 @@ def fpn(
     extra_levels: int = 0,
     extra_op: str = "subsample",
     extra_source: str = "output",
+    top_down: bool = True,
 ) -> GraphNeck:
     """Build an FPN.
 
@@ -88,11 +96,16 @@ def fpn(
         extra_levels: levels beyond the coarsest (P6, P7 ...).
         extra_op: ``subsample`` (torchvision ``LastLevelMaxPool``), ``maxpool`` or ``conv`` (RetinaNet P6/P7).
         extra_source: make extra levels from the coarsest ``output`` or ``input`` map.
+        top_down: the top-down path; ``False`` leaves each level its lateral and smoothing convs only (an
+            ablation baseline: the same convs and cost, no information flowing between levels).
     """
     check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
                 extra_op=extra_op, extra_source=extra_source, smooth_depth=smooth_depth)
+    if not isinstance(top_down, bool):
+        raise TypeError(f"top_down must be True or False, got {type(top_down).__name__} {top_down!r}")
     blocks = standard_blocks(norm=norm, act=act, norm_kwargs=norm_kwargs, act_kwargs=act_kwargs,
                              smooth_depth=smooth_depth, separable=separable)
-    neck = GraphNeck(spec, fpn_topology(spec.num_levels), blocks, out_channels=out_channels, upsample_mode=upsample_mode,
+    topology = (fpn_topology if top_down else lateral_only_topology)(spec.num_levels)
+    neck = GraphNeck(spec, topology, blocks, out_channels=out_channels, upsample_mode=upsample_mode,
                      lateral="always", extra_levels=extra_levels, extra_op=extra_op, extra_source=extra_source)
     return init_weights(neck)

@@ -28,6 +28,7 @@ TAGS: Dict[str, Tuple[str, str]] = {  # tag: (group, what it means)
     "anchor-free": ("purpose", "anchor-free (keypoint / center) detectors"),
     "mobile": ("purpose", "small and fast, for mobile and edge"),
     "face": ("purpose", "face detection"),
+    "baseline": ("purpose", "an ablation baseline to measure other necks against, not a neck to deploy"),
     # structure
     "top-down": ("structure", "a coarse-to-fine path (FPN)"),
     "bottom-up": ("structure", "a fine-to-coarse path (PANet)"),
