@@ -3,6 +3,7 @@
     fpn-zoo list [FILTER] [--family F] [--tag T]            # variants with family, tags and summary
     fpn-zoo info NAME [--backbone B] [--size S]             # output levels, params, GFLOPs
     fpn-zoo bench [--necks PATTERN] [--size S] [--plot F]   # params, GFLOPs, CPU latency
+    fpn-zoo accuracy NECK [NECK ...] --seeds 0,1,2 --json F # train + evaluate a detector (the `bench` extra)
 
 Every command works from the registry (:func:`fpn_zoo.list_necks`), so plugins and new families show up
 without changes here. Backbones are timm ``features_only`` models built without pretrained weights;
@@ -313,6 +314,67 @@ def _plot(path: str, points: List[Tuple[str, float, float]], title: str) -> None
     print(f"plot written to {path}", file=sys.stderr)
 
 
+def _seeds(text: str) -> Tuple[int, ...]:
+    try:
+        seeds = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        seeds = ()
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers >= 0 (e.g. 0,1,2), got {text!r}")
+    return seeds
+
+
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    from ._registry import is_neck, list_necks
+    from ._utils import close_matches
+
+    try:
+        import pycocotools  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as e:
+        raise CliError(f"the accuracy benchmark needs the bench extra ({e.name} is missing): "
+                       "pip install 'fpn-zoo[bench]'") from None
+    import dataclasses
+
+    from .accuracy import Recipe, run_many, summarize
+
+    if args.all == bool(args.necks):
+        raise CliError("name the necks to measure, or pass --all for every registered variant")
+    names = list_necks() if args.all else list(dict.fromkeys(args.necks))
+    for name in names:
+        if not is_neck(name):
+            raise CliError(f"unknown neck {name!r}{close_matches(name, list_necks())}")
+    changes = {k: getattr(args, k) for k in ("steps", "test_scenes") if getattr(args, k) is not None}
+    recipe = dataclasses.replace(Recipe(), **changes)
+    path = Path(args.json)
+    total = len(names) * len(args.seeds)
+    progress = Progress("accuracy", enabled=not args.quiet)
+    finished: List[Tuple[str, int, Optional[str]]] = []
+
+    def on_done(neck: str, seed: int, error: Optional[str]) -> None:
+        finished.append((neck, seed, error))
+        progress(total - len(todo) + len(finished), total, f"{neck} seed {seed}")
+        if error:
+            print(f"{PROG}: {neck} seed {seed} failed: {error}", file=sys.stderr)
+
+    from .accuracy.runner import pending
+
+    todo = pending(names, args.seeds, path, recipe)
+    if len(todo) < total:
+        print(f"{total - len(todo)} of {total} (neck, seed) run(s) already in {path}: kept", file=sys.stderr)
+    try:
+        run_many(names, args.seeds, path, recipe, jobs=args.jobs, threads=args.threads, on_done=on_done,
+                 log=None if args.quiet else lambda msg: print(msg, file=sys.stderr))
+    finally:
+        progress.close()
+    rows = summarize(path, recipe, names)
+    if rows:
+        print(f"# {path}: AP on the fixed test scenes, mean +- std over seeds (recipe {recipe.key()})")
+        print(format_table(["neck", "seeds", "AP", "AP_small", "agnostic AP", "train (s)"], rows, "lrrrrr"))
+    failed = [f for f in finished if f[2]]
+    return 1 if failed else 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 
 
@@ -355,6 +417,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="save latency vs params as a PNG (needs matplotlib)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("accuracy", help="train and evaluate an FCOS detector per neck on digit scenes (bench extra)",
+                       description="Train torchvision FCOS with each neck on scenes of scikit-learn's handwritten "
+                       "digits and evaluate it with pycocotools (docs/accuracy.md). Finished (neck, seed) runs "
+                       "in the results file are kept and skipped, so an interrupted table resumes.")
+    p.add_argument("necks", nargs="*", metavar="NECK", help="registered variants (plugins included)")
+    p.add_argument("--all", action="store_true", help="every registered variant")
+    p.add_argument("--seeds", type=_seeds, default=(0,), metavar="0,1,2", help="training seeds (default 0)")
+    p.add_argument("--json", default="accuracy.json", metavar="FILE", help="results file (default accuracy.json)")
+    p.add_argument("--jobs", "-j", type=_positive, default=1,
+                   help="runs side by side, one process each (default 1; 2 on a 2-core machine)")
+    p.add_argument("--threads", type=_positive, default=1, help="torch CPU threads per run (default 1)")
+    p.add_argument("--steps", type=_positive, default=None,
+                   help="training steps (default: the published recipe's; other values are a different recipe)")
+    p.add_argument("--test-scenes", type=_positive, default=None,
+                   help="test scenes evaluated (default: the published recipe's)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or training log")
+    p.set_defaults(func=cmd_accuracy)
 
     return parser
 

@@ -1,0 +1,229 @@
+"""The accuracy benchmark's recipe: one backbone, pretrained once, and the same detector training for every neck.
+
+What every run shares (so a difference between two rows is the neck's):
+
+* **Backbone**: a half-width timm ``resnet18`` (channels 32-256), levels at strides 4, 8, 16, 32. Backbones
+  trained from scratch barely learn to *recognise* digits in minutes, so the backbone is first trained once
+  on single-digit classification (train digits only, one digit on a cluttered 64 px canvas at 8-56 px), cached
+  on disk, and loaded by every run: the stand-in for ImageNet weights.
+* **Detector**: torchvision FCOS from :func:`fpn_zoo.create_detector`, with every neck's levels projected by a
+  1x1 conv to one head width (64), so the head's width and cost do not follow the neck's; FCOS's level ranges
+  are the paper's scaled to the 128 px canvas (``size_range_scale=0.25``).
+* **Training**: the same steps, batch, schedule (linear warm-up, cosine decay) and seeds; AdamW, the backbone
+  at a lower learning rate than the neck and head.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .scenes import DigitScenes, SceneConfig
+
+__all__ = ["Recipe", "build_backbone", "pretrained_backbone", "build_detector", "train_detector", "cache_dir"]
+
+MEAN = (0.3, 0.3, 0.3)
+STD = (0.3, 0.3, 0.3)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a run depends on besides the neck and the seed.
+
+    The published table uses the defaults; a tiny recipe (few steps and scenes) checks the pipeline.
+    """
+
+    backbone: str = "resnet18"
+    backbone_channels: Tuple[int, ...] = (32, 64, 128, 256)
+    out_indices: Tuple[int, ...] = (1, 2, 3, 4)
+    pretrain_steps: int = 1500
+    pretrain_batch: int = 64
+    pretrain_lr: float = 2e-3
+    steps: int = 1500
+    batch: int = 8
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.3
+    weight_decay: float = 0.05
+    warmup: int = 150
+    grad_clip: float = 10.0
+    head_channels: int = 64
+    head_convs: int = 2
+    size_range_scale: float = 0.25
+    test_scenes: int = 300
+    eval_every: int = 0
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+
+    def key(self, *names: str) -> str:
+        """A short hash of the named fields (all of them if none is named): what a cached result depends on."""
+        data = dataclasses.asdict(self)
+        if names:
+            data = {n: data[n] for n in names}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRETRAIN_FIELDS = ("backbone", "backbone_channels", "out_indices", "pretrain_steps", "pretrain_batch", "pretrain_lr")
+
+
+def cache_dir() -> Path:
+    """Where the pretrained backbone is kept: ``$FPN_ZOO_CACHE`` or ``~/.cache/fpn_zoo``."""
+    return Path(os.environ.get("FPN_ZOO_CACHE", Path.home() / ".cache" / "fpn_zoo"))
+
+
+def build_backbone(recipe: Recipe) -> nn.Module:
+    """The benchmark's timm ``features_only`` backbone, randomly initialised."""
+    import timm
+
+    channels = tuple(recipe.backbone_channels)
+    return timm.create_model(recipe.backbone, pretrained=False, features_only=True, out_indices=recipe.out_indices,
+                             channels=channels, stem_width=channels[0])
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _normalise(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def pretrained_backbone(recipe: Recipe, log: Optional[Callable[[str], None]] = None) -> Dict[str, torch.Tensor]:
+    """The backbone's weights after single-digit classification, trained once and cached on disk.
+
+    Trained on train digits only (one per 64 px cluttered canvas, 8-56 px), seed 0; the cache file is keyed
+    by the recipe fields the pretraining depends on and records the test-digit accuracy it reached.
+    """
+    path = cache_dir() / f"digits-backbone-{recipe.key(*PRETRAIN_FIELDS)}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    torch.manual_seed(0)
+    backbone = build_backbone(recipe)
+    classifier = nn.Linear(backbone.feature_info.channels()[-1], 10)
+    model = nn.ModuleDict({"backbone": backbone, "classifier": classifier})
+    cfg = SceneConfig(canvas=64, min_size=8, max_size=56, max_digits=1, strokes=4)
+    train = DigitScenes("train", seed=1, config=cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.pretrain_lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, recipe.pretrain_steps, 100))
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        return classifier(backbone(_normalise(images))[-1].mean((2, 3)))
+
+    model.train()
+    start = time.perf_counter()
+    for step, (images, targets) in zip(range(recipe.pretrain_steps), train.batches(recipe.pretrain_batch)):
+        labels = torch.stack([t["labels"][0] for t in targets])
+        loss = nn.functional.cross_entropy(logits(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log is not None and (step + 1) % 100 == 0:
+            log(f"pretrain step {step + 1}/{recipe.pretrain_steps} loss {loss.item():.3f} "
+                f"({time.perf_counter() - start:.0f} s)")
+    model.eval()
+    test = DigitScenes("test", seed=1, config=cfg)
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, 500, 100):
+            images, targets = test.batch(range(i, i + 100))
+            correct += int((logits(images).argmax(1) == torch.stack([t["labels"][0] for t in targets])).sum())
+    state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"state_dict": state, "test_accuracy": correct / 500, "recipe": recipe.as_dict()}, tmp)
+    os.replace(tmp, path)
+    if log is not None:
+        log(f"pretrained backbone: test-digit accuracy {correct / 500:.3f}, cached at {path}")
+    return state
+
+
+def build_detector(neck: str, recipe: Recipe, backbone_state: Optional[Dict[str, torch.Tensor]] = None,
+                   neck_args: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """FCOS with the benchmark's backbone (loaded from ``backbone_state``) and ``neck``."""
+    from ..detection import create_detector
+    from ..detection.fcos import fcos_head
+
+    backbone = build_backbone(recipe)
+    if backbone_state is not None:
+        backbone.load_state_dict(backbone_state)
+    canvas = recipe.scenes.canvas
+    return create_detector(
+        "fcos", backbone, neck=neck, num_classes=10, neck_args=neck_args, head_channels=recipe.head_channels,
+        min_size=canvas, max_size=canvas, image_mean=list(MEAN), image_std=list(STD),
+        size_range_scale=recipe.size_range_scale, score_thresh=0.05, detections_per_img=100,
+        head=fcos_head(recipe.head_channels, 10, num_convs=recipe.head_convs),
+    )
+
+
+def _param_groups(model: nn.Module, recipe: Recipe) -> List[Dict[str, Any]]:
+    backbone_ids = {id(p) for p in model.backbone.body.backbone.parameters()}
+    decay, no_decay, backbone = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in backbone_ids:
+            backbone.append(p)
+        elif p.ndim <= 1:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": backbone, "lr": recipe.lr * recipe.backbone_lr_scale},
+        {"params": decay, "lr": recipe.lr},
+        {"params": no_decay, "lr": recipe.lr, "weight_decay": 0.0},
+    ]
+
+
+def train_detector(
+    model: nn.Module, recipe: Recipe, seed: int, log: Optional[Callable[[str], None]] = None,
+    evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
+) -> Dict[str, Any]:
+    """Train ``model`` by the recipe on fresh train scenes drawn from ``seed``.
+
+    Returns ``{"seconds", "losses": [(step, loss), ...], "curve": [(step, metrics), ...]}``; the curve holds
+    ``evaluate(model)`` every ``recipe.eval_every`` steps (none when 0).
+    """
+    torch.manual_seed(seed)
+    scenes = DigitScenes("train", seed=seed, config=recipe.scenes)
+    opt = torch.optim.AdamW(_param_groups(model, recipe), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, recipe.steps, recipe.warmup))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    losses: List[Tuple[int, float]] = []
+    curve: List[Tuple[int, Dict[str, float]]] = []
+    running, start = None, time.perf_counter()
+    model.train()
+    for step, (images, targets) in zip(range(recipe.steps), scenes.batches(recipe.batch)):
+        loss_dict = model(list(images), targets)
+        loss = sum(loss_dict.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        opt.step()
+        sched.step()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
+            losses.append((step + 1, round(running, 4)))
+            if log is not None:
+                log(f"step {step + 1}/{recipe.steps} loss {running:.3f} ({time.perf_counter() - start:.0f} s)")
+        if evaluate is not None and recipe.eval_every and (step + 1) % recipe.eval_every == 0 \
+                and step + 1 < recipe.steps:
+            curve.append((step + 1, evaluate(model)))
+            model.train()
+    return {"seconds": time.perf_counter() - start, "losses": losses, "curve": curve}

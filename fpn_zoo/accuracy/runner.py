@@ -1,0 +1,208 @@
+"""Run (neck, seed) pairs of the accuracy benchmark, in parallel processes, into one resumable JSON file.
+
+A results file holds ``{"about": ..., "results": [...]}``; each result is one (neck, seed) under one recipe
+(its ``recipe_key``). Finished pairs are kept and skipped on a rerun, and every finished run is merged into
+the file at once (under a file lock), so an interrupted table resumes where it stopped and two commands can
+share a file.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from .recipe import Recipe, build_detector, pretrained_backbone, train_detector
+from .evaluate import evaluate_detector
+
+__all__ = ["run_one", "run_many", "pending", "summarize", "load_results", "ABOUT"]
+
+ABOUT = (
+    "fpn_zoo accuracy benchmark: FCOS (torchvision, via fpn_zoo.create_detector) on a half-width resnet18 "
+    "pretrained once on single-digit classification, every neck projected to a 64-channel head, trained on "
+    "fresh 128 px scenes of scikit-learn's handwritten digits and evaluated by pycocotools on fixed test "
+    "scenes (areas: small < 16^2, medium 16^2-32^2, large > 32^2). Produced by `fpn-zoo accuracy`."
+)
+
+
+def _versions() -> Dict[str, str]:
+    import sklearn
+    import timm
+    import torchvision
+
+    from .. import __version__
+
+    out = {"fpn_zoo": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "timm": timm.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        out["pycocotools"] = version("pycocotools")
+    except Exception:  # pragma: no cover - pycocotools installed without metadata
+        out["pycocotools"] = "unknown"
+    return out
+
+
+def _cost(model: torch.nn.Module, canvas: int) -> Dict[str, float]:
+    from ..measure import count_flops
+
+    neck = model.backbone.body.neck
+    model.eval()
+    with torch.no_grad():
+        feats = model.backbone.body.backbone(torch.zeros(1, 3, canvas, canvas))
+        neck_gflops = count_flops(neck, [f for f in feats]) / 1e9
+    return {
+        "neck_params": sum(p.numel() for p in neck.parameters()),
+        "detector_params": sum(p.numel() for p in model.parameters()),
+        "neck_gflops": round(neck_gflops, 4),
+    }
+
+
+def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Callable[[str], None]] = None,
+            neck_args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Train and evaluate one (neck, seed): the result record (metrics, cost, time, curves, versions)."""
+    state = pretrained_backbone(recipe, log=log)
+    torch.manual_seed(seed)
+    model = build_detector(neck, recipe, state, neck_args=neck_args)
+    cost = _cost(model, recipe.scenes.canvas)
+
+    def evaluate(m: torch.nn.Module) -> Dict[str, float]:
+        return evaluate_detector(m, recipe.test_scenes, recipe.scenes)
+
+    trained = train_detector(model, recipe, seed, log=log, evaluate=evaluate)
+    start = time.perf_counter()
+    metrics = evaluate(model)
+    trained["curve"].append((recipe.steps, metrics))
+    return {
+        "neck": neck, "seed": seed, "neck_args": dict(neck_args or {}), "recipe_key": recipe.key(),
+        "metrics": metrics, **cost,
+        "train_seconds": round(trained["seconds"], 1), "eval_seconds": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(), "losses": trained["losses"],
+        "curve": [[s, {"AP": m["AP"], "agnostic_AP": m["agnostic_AP"]}] for s, m in trained["curve"]],
+        "versions": _versions(), "machine": platform.machine(), "processor": platform.processor() or "",
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def load_results(path: Path) -> Dict[str, Any]:
+    """The results file's contents (an empty table when it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {"about": ABOUT, "results": []}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ValueError(f"{path} is no fpn_zoo accuracy results file (expected {{'about', 'results': [...]}})")
+    return data
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _save(path: Path, result: Dict[str, Any], recipe: Recipe) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        data = load_results(path)
+        data["about"] = ABOUT
+        data.setdefault("recipes", {})[recipe.key()] = recipe.as_dict()
+        data["results"] = [r for r in data["results"] if _key(r) != _key(result)] + [result]
+        data["results"].sort(key=lambda r: (r["recipe_key"], r["neck"], json.dumps(r.get("neck_args", {})),
+                                            r["seed"]))
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+def _key(r: Dict[str, Any]) -> Tuple[str, str, str, int]:
+    return r["recipe_key"], r["neck"], json.dumps(r.get("neck_args", {}), sort_keys=True), int(r["seed"])
+
+
+def _worker(job: Tuple[str, int, Recipe, str, int]) -> Tuple[str, int, Optional[str]]:
+    neck, seed, recipe, path, threads = job
+    torch.set_num_threads(threads)
+    log_path = Path(path).with_name(f"{Path(path).stem}.{neck}.{seed}.log")
+    try:
+        with open(log_path, "w") as log_file:
+            def log(msg: str) -> None:
+                log_file.write(msg + "\n")
+                log_file.flush()
+
+            result = run_one(neck, seed, recipe, log=log)
+        _save(Path(path), result, recipe)
+        log_path.unlink()
+        return neck, seed, None
+    except Exception as e:  # reported by the parent; the others go on
+        return neck, seed, f"{type(e).__name__}: {e}"
+
+
+def pending(necks: Sequence[str], seeds: Sequence[int], path: Path, recipe: Recipe = Recipe()) -> List[Tuple[str, int]]:
+    """The ``(neck, seed)`` pairs not yet in ``path`` under ``recipe``."""
+    done = {(r["neck"], int(r["seed"])) for r in load_results(path)["results"]
+            if r["recipe_key"] == recipe.key() and not r.get("neck_args")}
+    return [(n, s) for n in necks for s in seeds if (n, s) not in done]
+
+
+def summarize(path: Path, recipe: Recipe = Recipe(), necks: Optional[Sequence[str]] = None) -> List[List[str]]:
+    """Table rows ``[neck, seeds, AP, AP_small, agnostic AP, train seconds]`` (mean +- sample std over seeds)."""
+    import statistics
+
+    by_neck: Dict[str, List[Dict[str, Any]]] = {}
+    for r in load_results(path)["results"]:
+        if r["recipe_key"] == recipe.key() and not r.get("neck_args") and (necks is None or r["neck"] in necks):
+            by_neck.setdefault(r["neck"], []).append(r)
+
+    def stat(runs: List[Dict[str, Any]], metric: str) -> str:
+        values = [run["metrics"][metric] for run in runs]
+        mean = statistics.fmean(values)
+        return f"{mean:.3f} +- {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+    rows = []
+    for neck, runs in sorted(by_neck.items(), key=lambda kv: -statistics.fmean(r["metrics"]["AP"] for r in kv[1])):
+        rows.append([neck, str(len(runs)), stat(runs, "AP"), stat(runs, "AP_small"), stat(runs, "agnostic_AP"),
+                     f"{statistics.fmean(r['train_seconds'] for r in runs):.0f}"])
+    return rows
+
+
+def run_many(necks: Sequence[str], seeds: Sequence[int], path: Path, recipe: Recipe = Recipe(), jobs: int = 1,
+             threads: int = 1, on_done: Optional[Callable[[str, int, Optional[str]], None]] = None,
+             log: Optional[Callable[[str], None]] = None) -> List[Tuple[str, int, Optional[str]]]:
+    """Run every (neck, seed) not already in ``path`` under this recipe, ``jobs`` processes at a time.
+
+    The backbone is pretrained (or read from its cache) once, before the workers start.
+    Returns ``(neck, seed, error or None)`` for each pair run.
+    """
+    todo = pending(necks, seeds, path, recipe)
+    if not todo:
+        return []
+    torch.set_num_threads(max(threads, 1) * max(jobs, 1))
+    pretrained_backbone(recipe, log=log)
+    args = [(n, s, recipe, str(path), threads) for n, s in todo]
+    outcomes = []
+    if jobs <= 1:
+        for a in args:
+            outcomes.append(_worker(a))
+            if on_done:
+                on_done(*outcomes[-1])
+        return outcomes
+    with multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
+        for outcome in pool.imap_unordered(_worker, args):
+            outcomes.append(outcome)
+            if on_done:
+                on_done(*outcome)
+    return outcomes

@@ -1,0 +1,168 @@
+"""The accuracy benchmark: scenes, the COCO evaluation, and the whole pipeline on a tiny budget."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("pycocotools")
+
+from fpn_zoo.accuracy import DigitScenes, Recipe, SceneConfig, coco_metrics, load_results, run_many  # noqa: E402
+from fpn_zoo.accuracy.evaluate import METRICS, area_ranges  # noqa: E402
+from fpn_zoo.accuracy.scenes import TEST_SEED, split_indices  # noqa: E402
+from fpn_zoo.cli import main  # noqa: E402
+
+TINY = Recipe(pretrain_steps=3, pretrain_batch=4, steps=3, batch=2, warmup=1, test_scenes=4,
+              scenes=SceneConfig(canvas=64, min_size=8, max_size=32, max_digits=3))
+
+
+# ------------------------------------------------------------------------------------------ scenes
+
+
+def test_train_and_test_digits_are_disjoint_and_cover_the_set():
+    train, test = split_indices("train", 1797), split_indices("test", 1797)
+    assert not set(train.tolist()) & set(test.tolist())
+    assert sorted(train.tolist() + test.tolist()) == list(range(1797))
+    assert len(test) == 599
+
+
+def test_a_scene_is_a_pure_function_of_split_seed_and_index():
+    a, b = DigitScenes("test", TEST_SEED), DigitScenes("test", TEST_SEED)
+    (img_a, tgt_a), (img_b, tgt_b) = a[7], b[7]
+    assert torch.equal(img_a, img_b) and torch.equal(tgt_a["boxes"], tgt_b["boxes"])
+    assert not torch.equal(a[7][0], a[8][0])
+    assert not torch.equal(DigitScenes("train", TEST_SEED)[7][0], img_a)
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_boxes_are_tight_around_the_pasted_ink(index):
+    scenes = DigitScenes("train", 3, SceneConfig(max_digits=1, strokes=0))
+    image, target, ink = scenes.render(index)
+    assert image.shape == (3, 128, 128) and 0 <= image.min() and image.max() <= 1
+    (x1, y1, x2, y2), = target["boxes"].int().tolist()
+    inked = ink > DigitScenes.INK
+    rows = torch.nonzero(inked.any(1)).flatten()
+    cols = torch.nonzero(inked.any(0)).flatten()
+    assert (y1, y2, x1, x2) == (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    assert 0 <= int(target["labels"][0]) <= 9
+    assert float(target["areas"][0]) == (x2 - x1) * (y2 - y1)
+
+
+def test_scenes_have_small_medium_and_large_digits():
+    scenes = DigitScenes("test", TEST_SEED)
+    areas = torch.cat([scenes[i][1]["areas"] for i in range(60)])
+    (_, small), (_, medium) = area_ranges(128)[1], area_ranges(128)[2]
+    assert (areas < small).sum() > 10 and ((areas >= small) & (areas < medium)).sum() > 10 and (areas >= medium).sum() > 10
+
+
+def test_bad_scene_config_is_a_value_error():
+    with pytest.raises(ValueError, match="min_size"):
+        SceneConfig(min_size=80, max_size=40)
+    with pytest.raises(ValueError, match="split"):
+        DigitScenes("val", 0)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def _targets():
+    return [{"boxes": torch.tensor([[10.0, 10, 20, 20], [40, 40, 90, 90]]), "labels": torch.tensor([3, 7])},
+            {"boxes": torch.tensor([[5.0, 60, 30, 85]]), "labels": torch.tensor([1])}]
+
+
+def _as_detections(targets, shift=0.0, labels=None):
+    out = []
+    for t in targets:
+        n = len(t["labels"])
+        out.append({"boxes": t["boxes"] + shift, "scores": torch.linspace(0.9, 0.5, n),
+                    "labels": t["labels"] if labels is None else torch.full((n,), labels)})
+    return out
+
+
+def test_pycocotools_scores_perfect_shifted_and_missing_detections():
+    targets = _targets()
+    perfect = coco_metrics(targets, _as_detections(targets), 128)
+    assert set(perfect) == set(METRICS)
+    assert perfect["AP"] == pytest.approx(1.0) and perfect["AP_small"] == pytest.approx(1.0)
+    shifted = coco_metrics(targets, _as_detections(targets, shift=4.0), 128)
+    assert shifted["AP50"] > 0 and shifted["AP"] < perfect["AP"]  # the small box fails the strict IoUs first
+    assert shifted["AP_small"] < shifted["AP_large"]
+    wrong_class = coco_metrics(targets, _as_detections(targets, labels=0), 128)
+    assert wrong_class["AP"] == 0.0
+    assert coco_metrics(targets, _as_detections(targets, labels=0), 128, agnostic=True)["AP"] == pytest.approx(1.0)
+    empty = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}] * 2
+    assert coco_metrics(targets, empty, 128) == {m: 0.0 for m in METRICS}
+
+
+def test_area_buckets_scale_with_the_canvas():
+    assert area_ranges(128)[1][1] == 16**2 and area_ranges(128)[2][1] == 32**2
+    assert area_ranges(256)[1][1] == 32**2
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPN_ZOO_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_on_a_tiny_budget_and_resuming(cache):
+    path = cache / "acc.json"
+    outcomes = run_many(["fpn_bn_lrelu_64", "single_level_64"], [0], path, TINY)
+    assert [o[2] for o in outcomes] == [None, None]
+    data = load_results(path)
+    assert data["recipes"][TINY.key()]["steps"] == 3
+    assert {r["neck"] for r in data["results"]} == {"fpn_bn_lrelu_64", "single_level_64"}
+    for r in data["results"]:
+        assert r["recipe_key"] == TINY.key() and r["seed"] == 0
+        for name, value in r["metrics"].items():
+            assert 0.0 <= value <= 1.0, (name, value)
+        assert set(r["metrics"]) == set(METRICS) | {f"agnostic_{m}" for m in METRICS}
+        assert r["neck_params"] > 0 and r["neck_gflops"] > 0 and r["train_seconds"] > 0
+        assert r["versions"]["torch"] == torch.__version__ and r["curve"][-1][0] == 3
+    fpn = next(r for r in data["results"] if r["neck"] == "fpn_bn_lrelu_64")
+    single = next(r for r in data["results"] if r["neck"] == "single_level_64")
+    assert single["neck_params"] < fpn["neck_params"]
+    assert run_many(["fpn_bn_lrelu_64", "single_level_64"], [0], path, TINY) == []  # finished runs are kept
+    assert list(cache.glob("cache/digits-backbone-*.pt"))  # pretrained once, cached
+
+
+@pytest.mark.slow
+def test_cli_runs_resumes_and_prints_the_table(cache, monkeypatch, capsys):
+    import fpn_zoo.accuracy
+
+    monkeypatch.setattr(fpn_zoo.accuracy, "Recipe", lambda: TINY)
+    path = cache / "acc.json"
+    assert main(["accuracy", "no_top_down_64", "--seeds", "0", "--json", str(path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "no_top_down_64" in out and "agnostic AP" in out
+    assert main(["accuracy", "no_top_down_64", "--seeds", "0", "--json", str(path), "-q"]) == 0
+    assert "already in" in capsys.readouterr().err
+    assert len(json.loads(path.read_text())["results"]) == 1
+
+
+def test_cli_refuses_unknown_necks_and_missing_names(capsys, tmp_path):
+    assert main(["accuracy", "fpn_bn_lrelu_46", "--json", str(tmp_path / "a.json")]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["accuracy", "--json", str(tmp_path / "a.json")]) == 2
+    assert "--all" in capsys.readouterr().err
+    assert main(["accuracy", "fpn", "--seeds", "a,b"]) == 2
+
+
+def test_a_results_file_of_another_kind_is_refused(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="no fpn_zoo accuracy results file"):
+        load_results(path)
+
+
+def test_the_recipe_key_follows_every_field():
+    assert Recipe().key() == Recipe().key()
+    assert dataclasses.replace(Recipe(), steps=10).key() != Recipe().key()
+    assert Recipe().key("backbone") == dataclasses.replace(Recipe(), steps=10).key("backbone")
