@@ -205,6 +205,8 @@ PARITY: Tuple[ParityCase, ...] = (
     ParityCase("csp_pan", "ultralytics YOLOv8 neck", "-", note="no converter yet (issue 15: reconciled with the "
                "ultralytics YOLO11 / YOLOv8 neck)"),
     ParityCase("simple_pyramid", "ViTDet (detectron2)", "-", note="paper only: detectron2 is not a peer here"),
+    ParityCase("single_level", "-", "-", note="an ablation baseline (the fpn family's blocks on one level), "
+               "no published module to match"),
     ParityCase("fpn_carafe", "mmdet 3.3 FPN_CARAFE", "-", note=_MMCV_OPS.format("FPN_CARAFE") + "; tested against a "
                "float64 loop reference of CARAFE's reassembly (tests/test_fpn_carafe.py: <= 1e-15)"),
     ParityCase("dyhead", "mmdet 3.3 DyHead", "-", note=_MMCV_OPS.format("DyHead") + "; tested against float64 "
