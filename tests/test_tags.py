@@ -70,3 +70,13 @@ def test_parity_table_names_a_reference_for_every_family_and_writes_stable_diffs
     assert not missing, f"families without a row in tools/docs_gen/parity.py: {missing}"
     assert all(case.build is not None or case.note for case in PARITY)  # unmeasured rows say why
     assert [diff_cell(d) for d in (0.0, 3e-16, 1e-15, 2e-7, 5.0)] == ["0", "<= 1e-15", "<= 1e-15", "<= 1e-6", "<= 1e1"]
+
+
+def test_docs_check_compares_parity_rows_but_not_their_measured_diffs():
+    from tools.docs_gen.files import _mask
+
+    on_one_cpu = "| `bfp` | mmdet 3.3 BFP | `from_module(bfp)` | 0 | 0 |  |"
+    on_another = "| `bfp` | mmdet 3.3 BFP | `from_module(bfp)` | <= 1e-15 | <= 1e-7 |  |"
+    assert _mask(on_one_cpu) == _mask(on_another)
+    assert _mask(on_one_cpu) != _mask(on_one_cpu.replace("from_module(bfp)", "from_module(x)"))
+    assert _mask("| `fpn` | 64 | 0 | 12 |") == "| `fpn` | 64 | 0 | 12 |"  # other tables are compared as they are
