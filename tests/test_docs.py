@@ -34,6 +34,8 @@ def generate(names=("fpn", "pan"), **kwargs):
     kwargs.setdefault("reference", SMALL)
     kwargs.setdefault("latency_reps", 0)
     kwargs.setdefault("questions", False)
+    kwargs.setdefault("accuracy", False)  # the accuracy pages: tests/test_docs_accuracy.py
+    kwargs.setdefault("results", {"results": []})  # whatever docs/accuracy.json holds
     return docs_gen.generate(list(names), **kwargs)
 
 
@@ -116,13 +118,15 @@ def test_check_lists_pages_of_a_changed_new_or_removed_variant(tmp_path, monkeyp
     assert any("gone.md: no such variant" in s for s in docs_gen.check(tmp_path, generate()))
 
 
-def test_questions_page_measures_channels_depth_and_direction():
+def test_questions_page_measures_channels_depth_direction_and_the_baselines():
     text = generate(["fpn"], questions=True)["questions.md"]
     sections = re.findall(r"^## (.+)$", text, re.M)
-    assert len(sections) == 3
-    for label in ("64 channels", "128 channels", "256 channels", "smooth_depth=3", "pan, 64 ch"):
+    assert len(sections) == 4
+    for label in ("64 channels", "128 channels", "256 channels", "smooth_depth=3", "pan, 64 ch", "one level",
+                  "levels, no top-down"):
         assert re.search(rf"^\| {re.escape(label)}[^|]* \| \d+\.\d+ \| \d+\.\d+ \| n/a ms \|", text, re.M), label
-    assert "| 64 channels | " in text and "1.00x" in text
+    assert "| 64 channels: [fpn_bn_lrelu_64](necks/fpn_bn_lrelu_64.md) | " in text
+    assert "cannot measure" not in text and "not measured yet" in text  # no results given
 
 
 def test_docs_command_writes_then_checks(tmp_path, capsys):

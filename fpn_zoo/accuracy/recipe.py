@@ -59,7 +59,7 @@ class Recipe:
     head_convs: int = 2
     size_range_scale: float = 0.25
     test_scenes: int = 300
-    eval_every: int = 0
+    eval_every: int = 500
     scenes: SceneConfig = field(default_factory=SceneConfig)
 
     def key(self, *names: str) -> str:

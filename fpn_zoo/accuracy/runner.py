@@ -152,10 +152,11 @@ def _worker(job: Tuple[str, int, Recipe, str, int]) -> Tuple[str, int, Optional[
 
 
 def pending(necks: Sequence[str], seeds: Sequence[int], path: Path, recipe: Recipe = Recipe()) -> List[Tuple[str, int]]:
-    """The ``(neck, seed)`` pairs not yet in ``path`` under ``recipe``."""
+    """The ``(neck, seed)`` pairs not yet in ``path`` under ``recipe``, seed by seed (every neck at the first
+    seed before any at the second: an interrupted table covers every neck first)."""
     done = {(r["neck"], int(r["seed"])) for r in load_results(path)["results"]
             if r["recipe_key"] == recipe.key() and not r.get("neck_args")}
-    return [(n, s) for n in necks for s in seeds if (n, s) not in done]
+    return [(n, s) for s in seeds for n in necks if (n, s) not in done]
 
 
 def summarize(path: Path, recipe: Recipe = Recipe(), necks: Optional[Sequence[str]] = None) -> List[List[str]]:

@@ -15,7 +15,7 @@ from fpn_zoo.measure import NeckStats, Reference, backbone_features, load_backbo
 
 __all__ = [
     "REFERENCE", "FALLBACK_REFERENCES", "NOTES_BLOCK", "VariantDoc", "Bench", "select_necks", "measure_variants",
-    "Question", "question_configs",
+    "Question", "QUESTION_VARIANTS", "question_configs",
 ]
 
 REFERENCE = Reference()  # resnet18, out_indices (2, 3, 4), 256 px: small, so regenerating is quick
@@ -106,13 +106,17 @@ class Question:
     error: str = ""
 
 
+# The registered variants the questions page compares (the notes' block unless named otherwise): width, depth,
+# direction (the notes' 64-channel pair and the papers' 256-channel defaults), and the two baselines.
+QUESTION_VARIANTS: Tuple[str, ...] = (
+    "fpn_bn_lrelu_64", "fpn_bn_lrelu_128", "fpn_bn_lrelu_256",
+    "fpn_deep2_bn_lrelu_64", "fpn_deep3_bn_lrelu_64",
+    "pan_bn_lrelu_64", "fpn", "pan",
+    "single_level_64", "no_top_down_64",
+)
+
+
 def question_configs() -> List[Question]:
-    qs = []
-    for ch in (64, 128, 256):
-        qs.append(Question(f"channels{ch}", "fpn", {"out_channels": ch, **NOTES_BLOCK}))
-    for depth in (1, 2, 3):
-        qs.append(Question(f"depth{depth}", "fpn", {"out_channels": 64, "smooth_depth": depth, **NOTES_BLOCK}))
-    for variant in ("fpn", "pan"):
-        qs.append(Question(f"{variant}64", variant, {"out_channels": 64, **NOTES_BLOCK}))
-        qs.append(Question(f"{variant}256", variant, {}))
-    return qs
+    """One :class:`Question` per variant of :data:`QUESTION_VARIANTS`, keyed by its name. They are built through
+    :meth:`Bench.build`, so they share their modules (and latency) with the variants table."""
+    return [Question(name, name, {}) for name in QUESTION_VARIANTS]

@@ -10,8 +10,9 @@ from fpn_zoo import list_families
 from fpn_zoo._registry import BUILTIN, family_args, get_family
 from fpn_zoo.measure import NeckStats, Reference
 
+from .accuracy import Accuracy, ap_cell, comparison_line, delta_cell, page_section
 from .markdown import (
-    GENERATED_NOTE, NECK_DIR, gflops, latency_cell, md_cell, md_table, mparams, paper_link, parse_arg_docs, ratio,
+    GENERATED_NOTE, NECK_DIR, gflops, latency_cell, md_cell, md_table, mparams, paper_link, parse_arg_docs,
     rst_to_md, value_cell,
 )
 from .measuring import NOTES_BLOCK, Question, VariantDoc
@@ -55,7 +56,8 @@ def detector_code(d: VariantDoc) -> str:
             "losses = model(images, targets)   # torchvision's detection API; model.eval(); model(images)\n```\n")
 
 
-def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], ref: Reference) -> str:
+def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], ref: Reference,
+                    acc: Optional[Accuracy] = None) -> str:
     rows = []
     for d in docs:
         stats = d.stats
@@ -65,6 +67,7 @@ def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], re
             (mparams(stats.params) + note) if stats else "-",
             (gflops(stats.flops) + note) if stats else "-",
             latency_cell(latency.get(d.cfg.name)) if stats else "-",
+            ap_cell(acc.get(d.cfg.name) if acc is not None else None),
             ", ".join(d.cfg.tags) or "-",
             paper_link(d.cfg.paper),
         ])
@@ -75,9 +78,10 @@ def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], re
         "resizing and sums are not counted). Latency is the median CPU time of one neck forward over interleaved "
         "rounds, one thread, on the machine that generated these pages: compare the numbers with each other, "
         "not with another machine's. A backbone in brackets marks a variant measured on a fallback backbone "
-        "because it declines the reference one.\n",
-        md_table(["variant", "family", "summary", "params (M)", "GFLOPs", "CPU latency", "tags", "paper"], rows,
-                 "lllrrrll"),
+        "because it declines the reference one. AP is the [accuracy benchmark](accuracy.md)'s (FCOS on digit "
+        "scenes): the mean over seeds, ± the sample std with two or more, `—` when not measured yet.\n",
+        md_table(["variant", "family", "summary", "params (M)", "GFLOPs", "CPU latency", "[AP](accuracy.md)", "tags",
+                  "paper"], rows, "lllrrrrll"),
     ]
     failed = [d for d in docs if d.error]
     if failed:
@@ -86,7 +90,7 @@ def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], re
     return "\n".join(parts)
 
 
-def render_page(d: VariantDoc) -> str:
+def render_page(d: VariantDoc, acc: Optional[Accuracy] = None) -> str:
     cfg = d.cfg
     family = get_family(cfg.family)
     defaults = family_args(cfg.family)
@@ -100,6 +104,8 @@ def render_page(d: VariantDoc) -> str:
     if cfg.source != BUILTIN:
         facts.append(["defined by", cfg.source])
     out.append(md_table(["", ""], facts))
+    if acc is not None:
+        out.append("\n" + page_section(cfg.name, acc))
     out.append("\n## Graph\n")
     if d.diagram:
         where = f"on {d.reference.describe()}" if d.reference else "from the channels of the reference backbone"
@@ -156,7 +162,8 @@ def tag_tables(docs: Sequence[VariantDoc]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: bool, with_parity: bool = False) -> str:
+def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: bool, with_parity: bool = False,
+                 with_accuracy: bool = False) -> str:
     names = [d.cfg.name for d in docs]
     families = [f for f in list_families() if any(d.cfg.family == f for d in docs)]
     fam_rows = []
@@ -166,9 +173,12 @@ def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: boo
         fam_rows.append([f"`{f}`", family_summary(f), shown])
     example = "fpn" if "fpn" in names or not names else names[0]
     pages = [f"- [Variants](variants.md): all {len(names)} variants with params, GFLOPs, CPU latency and papers."]
+    if with_accuracy:
+        pages.append("- [Accuracy](accuracy.md): AP of an FCOS detector trained with each neck on digit scenes "
+                     "(mean ± std over seeds), against cost, with the Pareto front.")
     if with_questions:
         pages.append("- [Questions](questions.md): the original notes' questions (how many channels, deeper "
-                     "smoothing, a bottom-up path), answered with measurements.")
+                     "smoothing, a bottom-up path), answered with cost and accuracy measurements.")
     if with_parity:
         pages.append("- [Parity](parity.md): each family against its reference implementation (torchvision, mmdet, "
                      "effdet ...): the converter call and the measured max abs diff in float64 and float32.")
@@ -211,62 +221,99 @@ def render_index(docs: Sequence[VariantDoc], ref: Reference, with_questions: boo
     ])
 
 
+QUESTIONS_BASE = "fpn_bn_lrelu_64"  # the notes' FPN: every table's ΔAP is against it
+
+
 def render_questions(qs: Mapping[str, Question], latency: Mapping[str, float], docs: Sequence[VariantDoc],
-                     ref: Reference) -> str:
+                     ref: Reference, acc: Optional[Accuracy] = None) -> str:
+    """The notes' three questions and the baselines: cost of the registered variants on ``ref`` next to their
+    accuracy (``acc``), with sentences worded from the numbers (:func:`~tools.docs_gen.accuracy.compare`)."""
+    acc = acc if acc is not None else Accuracy("")
+    base = QUESTIONS_BASE
+
     def stats(key: str) -> Optional[NeckStats]:
         q = qs.get(key)
         return q.stats if q is not None else None
 
-    def row(label: str, key: str, base: str) -> List[str]:
-        s, b = stats(key), stats(base)
-        return [label, mparams(s.params) if s else "-", gflops(s.flops) if s else "-", latency_cell(latency.get(key)),
-                ratio(s.params if s else None, b.params if b else None),
-                ratio(s.flops if s else None, b.flops if b else None)]
+    def row(label: str, key: str) -> List[str]:
+        s, m = stats(key), acc.get(key)
+        return [f"{label}: [{key}]({NECK_DIR}/{key}.md)", mparams(s.params) if s else "-",
+                gflops(s.flops) if s else "-", latency_cell(latency.get(key)), ap_cell(m, seeds=True), ap_cell(m, "AP_small"),
+                ap_cell(m, "agnostic_AP"), "(base)" if key == base else delta_cell(m, acc.get(base))]
 
-    headers = ["", "params (M)", "GFLOPs", "CPU latency", "params ratio", "GFLOPs ratio"]
+    def table(rows: Sequence[List[str]]) -> str:
+        return md_table(["", "params (M)", "GFLOPs", "CPU latency", "AP (seeds)", "AP_small", "agnostic AP",
+                         f"ΔAP vs {base}"], rows, "lrrrrrrr")
+
+    def accuracy_lines(pairs: Sequence[tuple]) -> str:
+        return "\n" + "".join(comparison_line(acc, a, b, what) for what, a, b in pairs)
+
     block = ", ".join(f"{k}={v!r}" for k, v in NOTES_BLOCK.items())
     out = [
         "# The original notes' questions, measured\n", GENERATED_NOTE + "\n",
         "The notes this project grew from built a 64-channel top-down FPN of `Conv2dNormActivation` blocks "
-        f"(BatchNorm, LeakyReLU 0.1: `{block}` here) and asked three questions. Each table builds the necks "
-        f"on {ref.describe()} and measures the neck alone (batch 1; latency: median CPU time, one thread, "
-        "machine-dependent). What this cannot measure is accuracy: that needs training; the papers linked on "
-        "each variant's page report it.\n",
+        f"(BatchNorm, LeakyReLU 0.1: `{block}` here), registered as `{base}`, and asked three questions. Each "
+        "table compares registered variants (tag `original-notes`) on cost, the neck alone on "
+        f"{ref.describe()} (batch 1; latency: median CPU time, one thread, machine-dependent), and on accuracy, "
+        "from the [accuracy benchmark](accuracy.md) (an FCOS detector trained with each neck on digit scenes): "
+        "AP as mean ± sample std over seeds (their number in brackets), AP_small, class-agnostic AP "
+        f"(localisation alone) and ΔAP, the difference of mean AP to `{base}`.\n",
+        "The sentences under each table are worded from the numbers: a difference is called one only where the "
+        "means differ by more than twice the larger of the two seed stds, with at least two seeds each; "
+        "otherwise it is within the seed spread and no difference is shown.\n",
     ]
-    errors = [f"- `{q.variant}` {q.overrides}: {q.error}" for q in qs.values() if q.error]
+    errors = [f"- `{q.variant}`: {q.error}" for q in qs.values() if q.error]
 
     out.append("## Why 64 channels, why not 128?\n")
-    out.append("`fpn` with the notes' block at 64, 128 and 256 output channels; ratios against 64.\n")
-    out.append(md_table(headers, [row(f"{c} channels", f"channels{c}", "channels64") for c in (64, 128, 256)], "lrrrrr"))
-    s64, s128 = stats("channels64"), stats("channels128")
+    out.append("The notes' FPN at 64, 128 and 256 output channels.\n")
+    out.append(table([row(f"{c} channels", f"fpn_bn_lrelu_{c}") for c in (64, 128, 256)]))
+    s64, s128 = stats("fpn_bn_lrelu_64"), stats("fpn_bn_lrelu_128")
     if s64 and s128:
-        out.append(f"\nDoubling the width multiplies the neck's parameters by {s128.params / s64.params:.2f} and its "
-                   f"FLOPs by {s128.flops / s64.flops:.2f}: the 3x3 smoothing convs grow with the square of the "
-                   "channels, the 1x1 laterals only linearly (their input side is the backbone's). 64 is the cheap "
-                   "choice for small models; 256 is the FPN paper's.\n")
+        out.append(f"\nCost: doubling the width multiplies the neck's parameters by {s128.params / s64.params:.2f} and "
+                   f"its FLOPs by {s128.flops / s64.flops:.2f}: the 3x3 smoothing convs grow with the square of the "
+                   "channels, the 1x1 laterals only linearly (their input side is the backbone's).\n")
+    out.append(accuracy_lines([("128 channels", "fpn_bn_lrelu_128", base), ("256 channels", "fpn_bn_lrelu_256", base)]))
 
     out.append("\n## Can you use more conv blocks?\n")
-    out.append("`fpn` at 64 channels with 1, 2 or 3 smoothing blocks (3x3 conv-BN-LeakyReLU) after every fusion "
-               "(`smooth_depth`); ratios against one block.\n")
-    out.append(md_table(headers, [row(f"smooth_depth={k}", f"depth{k}", "depth1") for k in (1, 2, 3)], "lrrrrr"))
-    d1, d2 = stats("depth1"), stats("depth2")
+    out.append("The notes' FPN with 1, 2 or 3 smoothing blocks (3x3 conv-BN-LeakyReLU) after every fusion "
+               "(`smooth_depth`).\n")
+    depth = {1: base, 2: "fpn_deep2_bn_lrelu_64", 3: "fpn_deep3_bn_lrelu_64"}
+    out.append(table([row(f"smooth_depth={k}", v) for k, v in depth.items()]))
+    d1, d2 = stats(depth[1]), stats(depth[2])
     if d1 and d2:
-        out.append(f"\nEach extra block adds {(d2.params - d1.params):,} parameters and "
+        out.append(f"\nCost: each extra block adds {(d2.params - d1.params):,} parameters and "
                    f"{(d2.flops - d1.flops) / 1e9:.3f} GFLOPs here: one 3x3 conv per output level.\n")
+    out.append(accuracy_lines([("two blocks", depth[2], base), ("three blocks", depth[3], base)]))
 
     out.append("\n## Why not push from the other direction (bottom-up)?\n")
-    out.append("That is PANet: the FPN's top-down path, then a bottom-up path of stride-2 convs. `fpn` (top-down "
-               "only) against `pan` (top-down + bottom-up), with the notes' block at 64 channels and with the "
-               "papers' defaults (256 channels, plain convs); ratios against `fpn` of the same width.\n")
-    rows = [row("fpn, 64 ch, notes' block", "fpn64", "fpn64"), row("pan, 64 ch, notes' block", "pan64", "fpn64"),
-            row("fpn, 256 ch, defaults", "fpn256", "fpn256"), row("pan, 256 ch, defaults", "pan256", "fpn256")]
-    out.append(md_table(headers, rows, "lrrrrr"))
+    out.append("That is PANet: the FPN's top-down path, then a bottom-up path of stride-2 convs. Top-down only "
+               "against top-down + bottom-up, with the notes' block at 64 channels and with the papers' defaults "
+               "(256 channels, plain convs).\n")
+    out.append(table([row("fpn, 64 ch, notes' block", base), row("pan, 64 ch, notes' block", "pan_bn_lrelu_64"),
+                      row("fpn, 256 ch, defaults", "fpn"), row("pan, 256 ch, defaults", "pan")]))
+    f64, p64 = stats(base), stats("pan_bn_lrelu_64")
+    if f64 and p64:
+        out.append(f"\nCost: at 64 channels the bottom-up path multiplies the parameters by "
+                   f"{p64.params / f64.params:.2f} and the FLOPs by {p64.flops / f64.flops:.2f}.\n")
+    out.append(accuracy_lines([("bottom-up path, 64 ch", "pan_bn_lrelu_64", base),
+                               ("bottom-up path, 256 ch defaults", "pan", "fpn")]))
     both = [d for d in docs if "bottom-up" in d.cfg.tags and d.stats is not None]
     if both:
         out.append("\nEvery registered variant tagged `bottom-up` (measured as in [Variants](variants.md)):\n")
-        out.append(md_table(["variant", "family", "params (M)", "GFLOPs", "summary"],
-                          [[f"[{d.cfg.name}]({NECK_DIR}/{d.cfg.name}.md)", f"`{d.cfg.family}`", mparams(d.stats.params),
-                            gflops(d.stats.flops), d.cfg.summary] for d in both], "llrrl"))
+        out.append(md_table(["variant", "family", "params (M)", "GFLOPs", "AP", "summary"],
+                            [[f"[{d.cfg.name}]({NECK_DIR}/{d.cfg.name}.md)", f"`{d.cfg.family}`",
+                              mparams(d.stats.params), gflops(d.stats.flops), ap_cell(acc.get(d.cfg.name)),
+                              d.cfg.summary] for d in both], "llrrrl"))
+
+    out.append("\n## What do the pyramid and the top-down path add?\n")
+    out.append("Two baselines with the notes' block at 64 channels: `single_level_64` keeps one level, the "
+               "coarsest backbone map (no pyramid); `no_top_down_64` keeps every level's 1x1 lateral and 3x3 conv "
+               "but no top-down path (levels apart, nothing fused).\n")
+    out.append(table([row("one level", "single_level_64"), row("levels, no top-down", "no_top_down_64"),
+                      row("levels + top-down (FPN)", base)]))
+    out.append(accuracy_lines([("the top-down path", base, "no_top_down_64"),
+                               ("several levels, unfused", "no_top_down_64", "single_level_64"),
+                               ("the whole pyramid", base, "single_level_64")]))
     if errors:
         out.append("\nCould not be built:\n\n" + "\n".join(errors) + "\n")
     return "\n".join(out)
