@@ -302,6 +302,35 @@ def test_every_family_checks_a_knob_with_the_same_table_and_message(name):
         fpn_zoo.create_neck(name, CHANNELS, upsample_mode="nerest")
 
 
+@pytest.mark.parametrize("name, knob, bad, close, table", [
+    ("fpn_dropblock", "extra_op", "convv", "conv", "('subsample', 'conv')"),
+    ("fpn_dropblock", "extra_source", "laterl", "lateral", "('input', 'lateral', 'output')"),
+    ("glip_fpn_dropblock", "extra_source", "ouput", "output", "('input', 'lateral', 'output')"),
+    ("fpg", "extra_op", "subsampel", "subsample", "('subsample', 'conv')"),
+])
+def test_mmdet_style_families_check_their_extra_knobs_in_the_one_place(name, knob, bad, close, table):
+    """FPN_DropBlock / FPG take a subset (extra_op) or an extension (extra_source: mmdet's on_lateral) of the
+    shared tables, checked by fpn_zoo.layers.config.check_knobs with its close-match message."""
+    with pytest.raises(ValueError, match=rf"^{knob} must be one of {re.escape(table)}, got '{bad}'; "
+                                         rf"did you mean '{close}'"):
+        fpn_zoo.create_neck(name, CHANNELS, extra_levels=1, **{knob: bad})
+    with pytest.raises(ValueError, match=r"^extra_op must be one of \('subsample', 'conv'\), got 'maxpool'$"):
+        fpn_zoo.create_neck(name, CHANNELS, extra_levels=1, extra_op="maxpool")  # in EXTRA_OPS, not theirs
+    fpn_zoo.create_neck(name, CHANNELS, extra_levels=1, **{"extra_op": "conv", knob: close})
+
+
+def test_the_families_keep_no_table_of_their_own():
+    import inspect
+
+    from fpn_zoo.layers import config
+    from fpn_zoo.necks import fpg, fpn_dropblock
+
+    for builder in (fpn_dropblock.fpn_dropblock, fpg.fpg):
+        source = inspect.getsource(builder)
+        assert "must be one of" not in source and "extra_op not in" not in source, builder.__name__
+    assert fpn_dropblock.EXTRA_OPS is config.MMDET_EXTRA_OPS and fpn_dropblock.EXTRA_SOURCES is config.MMDET_EXTRA_SOURCES
+
+
 def test_the_executor_trusts_checked_knobs():
     """GraphNeck holds no second copy of the checks (one place: fpn_zoo.layers.config)."""
     import inspect

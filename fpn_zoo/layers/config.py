@@ -19,16 +19,21 @@ from typing import Any, Optional, Sequence
 from .._utils import close_matches
 
 __all__ = [
-    "UPSAMPLE_MODES", "EXTRA_OPS", "EXTRA_SOURCES", "LATERALS", "FUSIONS", "WEIGHTED_FUSIONS", "BIFPN_FUSIONS",
-    "DOWNSAMPLES", "CSP_BLOCKS", "check_choice", "check_count", "check_knobs",
+    "UPSAMPLE_MODES", "EXTRA_OPS", "MMDET_EXTRA_OPS", "EXTRA_SOURCES", "MMDET_EXTRA_SOURCES", "LATERALS", "FUSIONS",
+    "WEIGHTED_FUSIONS", "BIFPN_FUSIONS", "DOWNSAMPLES", "CSP_BLOCKS", "check_choice", "check_count", "check_knobs",
 ]
 
 #: How maps go up a level (``torch.nn.functional.interpolate`` modes that work on 4-d maps).
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic", "nearest-exact")
 #: How extra levels (P6, P7 ...) are made: 1x1 max-pool stride 2, 3x3 max-pool stride 2, 3x3 stride-2 conv.
 EXTRA_OPS = ("subsample", "maxpool", "conv")
+#: The extra ops of the necks written after mmdet's (``FPN_DropBlock``, ``FPG``): its size-1 max-pool or
+#: ``add_extra_convs``.
+MMDET_EXTRA_OPS = ("subsample", "conv")
 #: What extra levels are made from: the coarsest backbone map or the coarsest output.
 EXTRA_SOURCES = ("input", "output")
+#: mmdet's ``add_extra_convs`` sources (``on_input``, ``on_lateral``, ``on_output``): also the coarsest 1x1 lateral.
+MMDET_EXTRA_SOURCES = ("input", "lateral", "output")
 #: Which backbone edges get a 1x1 projection: every one (FPN) or only where channels differ (BiFPN).
 LATERALS = ("always", "if_needed")
 #: How a node combines its inputs (:mod:`fpn_zoo.layers.fusion`).
@@ -68,6 +73,8 @@ def check_knobs(
     lateral: Optional[str] = None,
     fusion: Optional[str] = None,
     fusions: Sequence[str] = FUSIONS,
+    extra_ops: Sequence[str] = EXTRA_OPS,
+    extra_sources: Sequence[str] = EXTRA_SOURCES,
     **counts: int,
 ) -> None:
     """Check a family's shared knobs against the tables above; a knob left at None is not checked.
@@ -76,11 +83,14 @@ def check_knobs(
         out_channels: channels of every output (an int >= 1).
         upsample_mode: one of :data:`UPSAMPLE_MODES`.
         extra_levels: levels beyond the coarsest (an int >= 0).
-        extra_op: one of :data:`EXTRA_OPS`.
-        extra_source: one of :data:`EXTRA_SOURCES`.
+        extra_op: one of ``extra_ops``.
+        extra_source: one of ``extra_sources``.
         lateral: one of :data:`LATERALS`.
         fusion: one of ``fusions``.
-        fusions: the fusions this family allows (default :data:`FUSIONS`).
+        fusions: the fusions this family allows (default :data:`FUSIONS`; :data:`BIFPN_FUSIONS` ...).
+        extra_ops: the extra ops this family allows (default :data:`EXTRA_OPS`; :data:`MMDET_EXTRA_OPS`).
+        extra_sources: the extra sources this family allows (default :data:`EXTRA_SOURCES`;
+            :data:`MMDET_EXTRA_SOURCES`).
         **counts: further counts that must be ints >= 1 (``smooth_depth=2``, ``num_repeats=3`` ...).
 
     Raises:
@@ -90,8 +100,8 @@ def check_knobs(
     check_count("out_channels", out_channels)
     check_count("extra_levels", extra_levels, minimum=0)
     for name, value, choices in (
-        ("upsample_mode", upsample_mode, UPSAMPLE_MODES), ("extra_op", extra_op, EXTRA_OPS),
-        ("extra_source", extra_source, EXTRA_SOURCES), ("lateral", lateral, LATERALS), ("fusion", fusion, fusions),
+        ("upsample_mode", upsample_mode, UPSAMPLE_MODES), ("extra_op", extra_op, extra_ops),
+        ("extra_source", extra_source, extra_sources), ("lateral", lateral, LATERALS), ("fusion", fusion, fusions),
     ):
         if value is not None:
             check_choice(name, value, choices)

@@ -37,7 +37,7 @@ from .._registry import register_neck
 from ..layers.conv import LayerSpec, resolve_act, resolve_norm
 from ..layers.resample import resize_to
 from ..layers.blocks import ActConvNorm, init_weights
-from ..layers.config import check_knobs
+from ..layers.config import MMDET_EXTRA_OPS, check_knobs
 
 __all__ = ["FeaturePyramidGrid", "fpg", "triangle_skips"]
 
@@ -176,10 +176,8 @@ def fpg(
         ValueError: bad counts, an unknown ``extra_op``, or ``skip_inds`` of the wrong length or stages.
     """
     inter_channels = out_channels if inter_channels is None else inter_channels
-    check_knobs(out_channels=out_channels, extra_levels=extra_levels, inter_channels=inter_channels,
-                 stack_times=stack_times)
-    if extra_op not in ("subsample", "conv"):
-        raise ValueError(f"fpg: extra_op must be 'subsample' or 'conv', got {extra_op!r}")
+    check_knobs(out_channels=out_channels, extra_levels=extra_levels, extra_op=extra_op, extra_ops=MMDET_EXTRA_OPS,
+                inter_channels=inter_channels, stack_times=stack_times)
     if len(set(spec.reductions)) != len(spec.reductions):
         raise BackboneMismatch(
             f"fpg's pathways run stride-2 convs between levels, but levels repeat strides {list(spec.reductions)}: "

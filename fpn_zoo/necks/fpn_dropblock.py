@@ -10,8 +10,8 @@ carried on down; in eval mode DropBlock is the identity and the neck is a plain 
 mmdetection 3.3's ``FPN_DropBlock`` (``mmdet/models/necks/fpn_dropblock.py``) with its default
 ``DropBlock`` plugin (``mmdet/models/layers/dropblock.py``).
 
-Not yet a registered variant (see ``registry.yaml``): build it with :func:`fpn_dropblock`, or load an mmdet
-``FPN_DropBlock`` with :func:`fpn_zoo.convert.mmdet_families.from_mmdet_module`.
+Registered as ``fpn_dropblock`` (mmdet's defaults) and ``glip_fpn_dropblock`` (GLIP's P6/P7); an mmdet
+``FPN_DropBlock`` loads with :func:`fpn_zoo.convert.mmdet_families.from_mmdet_module`.
 
 Example:
     >>> import torch, fpn_zoo
@@ -35,12 +35,13 @@ from .._features import FeatureSpec, check_module_inputs, make_feature_info
 from .._registry import register_neck
 from ..layers.conv import ConvNormAct, LayerSpec, resolve_act, resolve_norm
 from ..layers.blocks import init_weights
-from ..layers.config import check_knobs
+from ..layers.config import MMDET_EXTRA_OPS, MMDET_EXTRA_SOURCES, check_knobs
 
 __all__ = ["DropBlock", "FPNDropBlock", "fpn_dropblock", "EXTRA_OPS", "EXTRA_SOURCES"]
 
-EXTRA_OPS = ("subsample", "conv")
-EXTRA_SOURCES = ("input", "lateral", "output")
+# The tables live in fpn_zoo.layers.config (one per knob); these names stay for code that imported them here.
+EXTRA_OPS = MMDET_EXTRA_OPS
+EXTRA_SOURCES = MMDET_EXTRA_SOURCES
 
 
 class DropBlock(nn.Module):
@@ -192,18 +193,15 @@ def fpn_dropblock(
         ValueError: a drop fraction outside [0, 1], an even or non-positive block, a negative warm-up, or an
             unknown extra op / source.
     """
-    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels,
-                 block_size=block_size)
+    check_knobs(out_channels=out_channels, upsample_mode=upsample_mode, extra_levels=extra_levels, extra_op=extra_op,
+                extra_source=extra_source, extra_ops=MMDET_EXTRA_OPS, extra_sources=MMDET_EXTRA_SOURCES,
+                block_size=block_size)
     if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)) or not 0 <= drop_prob <= 1:
         raise ValueError(f"fpn_dropblock: drop_prob must be a number in [0, 1], got {drop_prob!r}")
     if block_size % 2 == 0:
         raise ValueError(f"fpn_dropblock: block_size must be odd (blocks centred on a pixel), got {block_size}")
     if isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) or warmup_iters < 0:
         raise ValueError(f"fpn_dropblock: warmup_iters must be an int >= 0, got {warmup_iters!r}")
-    if extra_op not in EXTRA_OPS:
-        raise ValueError(f"fpn_dropblock: extra_op must be one of {EXTRA_OPS}, got {extra_op!r}")
-    if extra_source not in EXTRA_SOURCES:
-        raise ValueError(f"fpn_dropblock: extra_source must be one of {EXTRA_SOURCES}, got {extra_source!r}")
     neck = FPNDropBlock(
         spec, out_channels=out_channels, dropblock=DropBlock(drop_prob, block_size, warmup_iters),
         upsample_mode=upsample_mode, extra_levels=extra_levels, extra_op=extra_op, extra_source=extra_source,
