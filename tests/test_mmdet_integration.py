@@ -66,6 +66,48 @@ def test_registry_build_matches_create_neck(models, name, extra):
         assert neck.strides == [8, 16, 32, 64, 128]
 
 
+# The layouts tried in turn for a variant: a ResNet's C2-C5, then what the variants that decline it take.
+LAYOUTS = {
+    "C2-C5": {},
+    "C3-C5": {"start_level": 1},  # a graph written for 5 levels (nasfpn, qufpn): 3 maps + P6, P7
+    "one width": {"in_channels": [32] * 4},  # after an FPN (bfp), as Libra R-CNN's neck=[FPN, BFP]
+    "one map": {"start_level": 3},  # C5 alone (centernet_neck, yolof_dilated_encoder) or a ViT's (simple_pyramid*)
+}
+
+
+@pytest.mark.parametrize("name", fpn_zoo.list_necks())
+def test_any_variant_builds_and_runs_in_a_config(models, name):
+    """Every registered variant as an mmdet neck: built from a config on a ResNet's C2-C5 (tiny widths, odd
+    sizes), or declined with a BackboneMismatch naming the variant, then built on a layout it takes; it runs and
+    matches create_neck with the same weights."""
+    takes_width = "out_channels" in fpn_zoo._registry.family_args(fpn_zoo.neck_cfg(name).family)
+    width = {"out_channels": 32} if takes_width else {}
+    for layout, change in LAYOUTS.items():
+        cfg = dict(type="FpnZooNeck", name=name, **{"in_channels": IN_CHANNELS, **width, **change})
+        try:
+            torch.manual_seed(0)
+            neck = models.build(cfg)
+        except fpn_zoo.BackboneMismatch as e:
+            assert f"name={name!r}" in str(e) and "start_level" in str(e), e
+            continue
+        break
+    else:
+        pytest.fail(f"{name} builds on none of the layouts {list(LAYOUTS)}")
+    in_channels, start = cfg["in_channels"], cfg.get("start_level", 0)
+    strides = cfg.get("strides", [4, 8, 16, 32])
+    ours = fpn_zoo.create_neck(name, fpn_zoo.FeatureSpec(tuple(in_channels[start:]), tuple(strides[start:])), **width)
+    ours.load_state_dict(neck.neck.state_dict())
+    neck.eval(), ours.eval()
+    g = torch.Generator().manual_seed(0)
+    x = tuple(torch.randn(1, c, h, w, generator=g) for c, (h, w) in zip(in_channels, SIZES))
+    with torch.no_grad():
+        got, want = neck(x), ours(list(x[start:]))
+    assert isinstance(got, tuple) and len(got) == len(want) == len(neck.out_channels) == len(neck.strides), layout
+    assert [o.shape[1] for o in got] == neck.out_channels
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_strides_input_fmt_and_overrides(models):
     neck = models.build(dict(type="FpnZooNeck", name="fpn", in_channels=[8, 16], strides=[14, 28],
                              out_channels=16, norm="batchnorm"))

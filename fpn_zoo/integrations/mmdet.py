@@ -25,7 +25,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor
 
-from .. import FeatureSpec, create_neck
+from .. import BackboneMismatch, FeatureSpec, create_neck
 
 __all__ = ["FpnZooNeck"]
 
@@ -46,6 +46,8 @@ class FpnZooNeck(BaseModule):
 
     Raises:
         ValueError: unknown variant or argument (with close matches), or an inconsistent level layout.
+        BackboneMismatch: the variant declines these maps (e.g. ``simple_pyramid`` wants one single-stride
+            map, ``bfp`` levels of one width); the message names the variant and what it needs.
     """
 
     def __init__(
@@ -75,7 +77,14 @@ class FpnZooNeck(BaseModule):
         self.start_level = start_level
         self.in_channels = in_channels
         spec = FeatureSpec(tuple(in_channels[start_level:]), tuple(strides[start_level:]), input_fmt)
-        self.neck = create_neck(name, spec, **overrides)
+        try:
+            self.neck = create_neck(name, spec, **overrides)
+        except BackboneMismatch as e:
+            raise BackboneMismatch(
+                f"FpnZooNeck name={name!r} declines maps of {list(spec.channels)} channels at strides "
+                f"{list(spec.reductions)}: {e}. In a config, start_level (or the backbone's out_indices) picks the "
+                "maps and strides gives theirs"
+            ) from None
         self.out_channels = self.neck.feature_info.channels()
         self.strides = self.neck.feature_info.reduction()
 
