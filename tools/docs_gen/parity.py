@@ -4,7 +4,8 @@
 ``build`` is measured when the page is generated: the peer is built small with random weights (and random
 norm statistics), converted with :func:`fpn_zoo.convert.from_module` (or the case's ``convert``), and both run
 on the same random maps of odd sizes where the peer accepts them, in float64 and in float32. A case without
-``build`` is a family whose reference cannot run here; its ``note`` says why.
+``build`` is a family whose reference cannot run here; its ``note`` says why. :data:`NOT_COVERED` lists the
+peers' necks that are no family here, and why (a second table on the page).
 
 The diffs are written as powers of ten (``<= 1e-15``), so ``--check`` compares stable text across machines
 whose float32 rounding differs in the last bits; ``0`` is an exact match. A peer that is not installed
@@ -30,7 +31,7 @@ from fpn_zoo import FeatureSpec, list_families
 
 from .markdown import GENERATED_NOTE, md_table
 
-__all__ = ["Peer", "ParityCase", "PARITY", "measure_case", "render_parity", "diff_cell"]
+__all__ = ["Peer", "ParityCase", "PARITY", "NotCovered", "NOT_COVERED", "measure_case", "render_parity", "diff_cell"]
 
 ODD = [(29, 42), (15, 21), (8, 11)]  # strides 8/16/32 of a 225 x 333 image
 X2 = [(32, 44), (16, 22), (8, 11)]  # for peers that upsample by a fixed factor
@@ -58,6 +59,14 @@ class ParityCase:
     build: Optional[Callable[[], Peer]] = None
     note: str = ""
     convert: Optional[Callable[[nn.Module], nn.Module]] = None
+
+
+@dataclass(frozen=True)
+class NotCovered:
+    """A peer's neck that is no family here, and why."""
+
+    reference: str
+    reason: str
 
 
 # ------------------------------------------------------------------------------------------ the peers
@@ -202,8 +211,10 @@ PARITY: Tuple[ParityCase, ...] = (
                       dict(plugin=None, add_extra_convs="on_output", relu_before_extra_convs=True), [8, 16, 32], ODD),
                note="eval mode (DropBlock is the identity); with plugin=None, as mmdet builds DropBlock through a "
                     "registry that needs compiled ops"),
-    ParityCase("csp_pan", "ultralytics YOLOv8 neck", "-", note="no converter yet (issue 15: reconciled with the "
-               "ultralytics YOLO11 / YOLOv8 neck)"),
+    ParityCase("csp_pan", "ultralytics YOLOv8 neck", "-", note="no converter, by design: ultralytics' neck, weight "
+               "for weight, is the yolo_pan family (its row below); csp_pan is the same concat PAN at one uniform width "
+               "(PP-PicoDet's layout), with a 1x1 projection on every input, no SPPF / C2PSA, BatchNorm eps 1e-5 "
+               "(ultralytics: 1e-3) and no residual bottlenecks or C3k, kept so that its checkpoints load"),
     ParityCase("simple_pyramid", "ViTDet (detectron2)", "-", note="paper only: detectron2 is not a peer here"),
     ParityCase("single_level", "-", "-", note="an ablation baseline (the fpn family's blocks on one level), "
                "no published module to match"),
@@ -222,6 +233,20 @@ PARITY: Tuple[ParityCase, ...] = (
     ParityCase("upernet", "transformers 5.24 UperNetHead (before its classifier)", "from_module(head)",
                note="measured in tests/test_upernet.py (the head's fused map and its pyramid levels): float64 0, "
                     "float32 0"),
+)
+
+
+# The peers' necks with no family here. mmdet 3.3 exports 19 necks (mmdet.models.necks.__all__): 18 are rows of
+# PARITY; tests/test_tags.py checks that each of the 19 is in one of the two tables.
+NOT_COVERED: Tuple[NotCovered, ...] = (
+    NotCovered("mmdet 3.3 RFP (DetectoRS' Recursive Feature Pyramid)",
+               "not a neck on features alone: it takes the backbone's maps and the input image (its backbone is "
+               "built with output_img=True), and for each of its rfp_steps - 1 extra steps runs a whole second "
+               "DetectoRS_ResNet (rfp_backbone, built inside the neck with its own weights) on the image again, "
+               "adding a 1x1 conv of the ASPP of the FPN's outputs 2..n into the first block of stages 2-4 (after the "
+               "residual sum, before its ReLU), then the same FPN again, mixing the two pyramids by a sigmoid gate "
+               "(a zero-initialised 1x1 conv). That needs a backbone whose residual blocks take a feedback input, "
+               "which a timm features_only model does not have; its FPN part is the fpn family"),
 )
 
 
@@ -291,5 +316,8 @@ def render_parity(threads: int = 1) -> str:
         "each time the docs are generated (`tools/docs_gen/parity.py`); the tests assert float64 <= 1e-10.\n",
         md_table(["family", "reference", "converter call", "max abs diff float64", "max abs diff float32", "note"],
                  rows, "lllrrl"),
+        "\n## Not covered\n",
+        "The reference implementations' necks that are no family here, and why.\n",
+        md_table(["reference", "why not"], [[n.reference, n.reason] for n in NOT_COVERED]),
         "",
     ])
