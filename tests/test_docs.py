@@ -1,10 +1,12 @@
 """Generated docs: diagrams drawn from the built graphs, pages from the registry, ``--check`` catching changes."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 
 import pytest
+import torch
 
 import fpn_zoo
 from fpn_zoo import _registry
@@ -157,3 +159,53 @@ def test_readme_variant_table_lists_every_variant_and_check_catches_a_stale_one(
     assert docs_gen.sync_readme(readme, check=True) is True
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old table" not in text
+
+
+# The variant pages' detector lines, run as written on tiny stand-ins for the backbones they name.
+TINY_BACKBONES = {docs_gen.pages.DETECTOR_CNN: "test_resnet", docs_gen.pages.DETECTOR_VIT: "test_vit"}
+TINY_IMAGES = dict(min_size=64, max_size=64)
+
+
+@functools.lru_cache(maxsize=None)
+def every_page():
+    """Every variant's page, generated on the small reference (a few seconds for the whole registry)."""
+    return generate(fpn_zoo.list_necks())
+
+
+def _tiny(backbone):
+    if isinstance(backbone, str):
+        assert backbone in TINY_BACKBONES, f"a detector line names {backbone!r}: give it a tiny stand-in here"
+        return TINY_BACKBONES[backbone]
+    return backbone
+
+
+@pytest.mark.parametrize("name", fpn_zoo.list_necks())
+def test_every_variant_pages_detector_line_runs_as_written(name, monkeypatch):
+    """The page's ``create_detector`` lines build a detector that runs (one eval forward on one small image),
+    with the timm names swapped for timm's test models and 64 px images: no extra argument needed."""
+    page = every_page()[f"necks/{name}.md"]
+    code = re.search(r"## In a detector\n.*?```python\n(.*?)```", page, re.S).group(1)
+    *lines, last = code.strip().splitlines()
+    assert last.startswith("losses = model(images, targets)")  # the training call: not run here
+    create_detector, create_model = fpn_zoo.create_detector, fpn_zoo.create_model
+    monkeypatch.setattr(fpn_zoo, "create_detector", lambda kind, backbone, *a, **kw: create_detector(
+        kind, _tiny(backbone), *a, **{**kw, **TINY_IMAGES}))
+    monkeypatch.setattr(fpn_zoo, "create_model", lambda backbone, *a, **kw: create_model(_tiny(backbone), *a, **kw))
+    namespace: dict = {}
+    torch.manual_seed(0)
+    exec(compile("\n".join(lines), f"docs/necks/{name}.md", "exec"), namespace)
+    model = namespace["model"].eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 80)])
+    assert len(out) == 1 and out[0]["boxes"].shape[-1] == 4
+
+
+def test_detector_lines_add_what_the_built_neck_needs():
+    def line(name):
+        return re.search(r"## In a detector\n.*?```python\n(.*?)```", every_page()[f"necks/{name}.md"], re.S).group(1)
+
+    assert "head_channels=256" in line("yolov8n_neck") and "head_channels" not in line("fpn")  # mixed widths
+    assert "out_indices=(-1,)" in line("centernet_neck") and "out_indices" not in line("fpn")  # one map in
+    assert 'body = fpn_zoo.create_model("resnet50", neck="fpn"' in line("bfp")  # refines one width: an FPN first
+    assert 'create_detector("fasterrcnn", body, neck="bfp"' in line("bfp")
+    assert '"vit_base_patch16_224", neck="simple_pyramid_fpn"' in line("simple_pyramid_fpn")  # one stride in

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from fpn_zoo import create_neck, list_necks, neck_cfg
+from fpn_zoo import FeatureSpec, create_neck, list_necks, neck_cfg
 from fpn_zoo._registry import BUILTIN, NeckCfg
 from fpn_zoo.diagram import mermaid
 from fpn_zoo.measure import NeckStats, Reference, backbone_features, load_backbone, neck_stats
@@ -31,6 +31,7 @@ class VariantDoc:
 
     cfg: NeckCfg
     reference: Optional[Reference] = None
+    inputs: Optional[FeatureSpec] = None  # the levels the neck was built on (the reference backbone's)
     stats: Optional[NeckStats] = None
     diagram: str = ""
     error: str = ""
@@ -87,6 +88,8 @@ def measure_variants(bench: Bench, names: Sequence[str], references: Sequence[Re
                 errors.append(f"{ref.backbone}: {e}")
                 continue
             doc.reference, doc.stats, doc.neck = ref, stats, neck
+            info = bench.get(ref)[0].feature_info
+            doc.inputs = FeatureSpec(tuple(info.channels()), tuple(info.reduction()))
             doc.diagram = mermaid(neck)
             break
         if doc.neck is None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-from fpn_zoo import list_families
+from fpn_zoo import FeatureSpec, create_neck, list_families
 from fpn_zoo._registry import BUILTIN, family_args, get_family
 from fpn_zoo.measure import NeckStats, Reference
 
@@ -18,7 +19,8 @@ from .markdown import (
 from .measuring import NOTES_BLOCK, Question, VariantDoc
 from .tags import GROUPS, TAGS, tags_of_group
 
-__all__ = ["render_index", "render_variants", "render_page", "render_questions", "tag_tables"]
+__all__ = ["render_index", "render_variants", "render_page", "render_questions", "tag_tables", "DetectorRecipe",
+           "detector_recipe", "detector_code"]
 
 
 def family_summary(family: str) -> str:
@@ -44,16 +46,96 @@ def example_code(name: str, ref: Reference, stats: Optional[NeckStats]) -> str:
     return "```python\n" + "\n".join(lines) + "\n```\n"
 
 
-def detector_code(d: VariantDoc) -> str:
-    """The ``create_detector`` line of a variant page: RetinaNet where the neck makes five or more levels (its
-    P3-P7 recipe), FCOS for the YOLO-style necks, Faster R-CNN otherwise; a ViT where the family builds its
-    pyramid from one stride."""
-    levels = len(d.stats.outputs) if d.stats is not None else 0
+# The backbones the detector lines name: the papers' CNN, and a plain ViT for a neck that builds its pyramid
+# from one stride.
+DETECTOR_CNN, DETECTOR_VIT = "resnet50", "vit_base_patch16_224"
+# head_channels for a neck whose levels differ in width (torchvision's heads share one width over the levels).
+HEAD_CHANNELS = 256
+# The neck put first for one that only refines levels of one width (Libra R-CNN: an FPN, then its BFP).
+FIRST_NECK = "fpn"
+# The ResNet stages of that first model: create_detector's default levels, C2-C5 for the R-CNNs, C3-C5 otherwise.
+RESNET_STAGES = {"fasterrcnn": (1, 2, 3, 4), "retinanet": (2, 3, 4), "fcos": (2, 3, 4)}
+
+
+@dataclass(frozen=True)
+class DetectorRecipe:
+    """What a variant page's ``create_detector`` call needs so that it runs as written (:func:`detector_recipe`).
+
+    Attributes:
+        kind: the detector kind.
+        backbone: the timm backbone named in the call.
+        first: a neck built with the backbone first (``fpn_zoo.create_model``), passed as the detector's backbone.
+        first_indices: the backbone stages of that first model.
+        extra: further ``create_detector`` arguments as ``(keyword, value, why)``.
+    """
+
+    kind: str
+    backbone: str
+    first: Optional[str] = None
+    first_indices: Tuple[int, ...] = ()
+    extra: Tuple[Tuple[str, Any, str], ...] = ()
+
+
+def _takes_levels_of_one_width(name: str, width: int) -> bool:
+    """Whether ``name`` builds on a pyramid whose levels have one width (strides 8, 16, 32)."""
+    try:
+        create_neck(name, FeatureSpec((width,) * 3, (8, 16, 32)))
+    except (ValueError, TypeError):  # BackboneMismatch is a ValueError
+        return False
+    return True
+
+
+def detector_recipe(d: VariantDoc) -> DetectorRecipe:
+    """The page's ``create_detector`` call, derived from the variant as the page built it (its input levels and
+    its outputs), not from its name:
+
+    * built on the CNN pyramid: a ResNet-50, the levels the detector kind takes by default;
+    * a pyramid made from one single-stride map: a plain ViT;
+    * one map in, one out, but levels of one width accepted (a refinement such as BFP): an FPN first;
+    * one map in, one out otherwise: the ResNet's last stage alone (``out_indices=(-1,)``);
+
+    and ``head_channels`` whenever the outputs differ in width. The kind: RetinaNet where the neck makes five or
+    more levels (its P3-P7 recipe), FCOS for the CSP-PAN necks, Faster R-CNN otherwise.
+    """
+    assert d.stats is not None and d.inputs is not None, "only a variant built for its page has a detector line"
+    levels = len(d.stats.outputs)
     kind = "retinanet" if levels >= 5 else "fcos" if d.cfg.family == "csp_pan" else "fasterrcnn"
-    backbone = "vit_base_patch16_224" if d.cfg.family == "simple_pyramid" else "resnet50"
-    return ("```python\nimport fpn_zoo\n\n"
-            f'model = fpn_zoo.create_detector("{kind}", "{backbone}", neck="{d.cfg.name}", num_classes=91)\n'
-            "losses = model(images, targets)   # torchvision's detection API; model.eval(); model(images)\n```\n")
+    widths = {c for c, _, _ in d.stats.outputs}
+    extra: List[Tuple[str, Any, str]] = []
+    if len(widths) > 1:
+        extra.append(("head_channels", HEAD_CHANNELS, "one width for the head: the neck's levels differ"))
+    if len(set(d.inputs.reductions)) > 1:
+        return DetectorRecipe(kind, DETECTOR_CNN, extra=tuple(extra))
+    if len({s for _, s, _ in d.stats.outputs}) > 1:
+        return DetectorRecipe(kind, DETECTOR_VIT, extra=tuple(extra))
+    if _takes_levels_of_one_width(d.cfg.name, d.inputs.channels[0]):
+        return DetectorRecipe(kind, DETECTOR_CNN, first=FIRST_NECK, first_indices=RESNET_STAGES[kind],
+                              extra=tuple(extra))
+    extra.append(("out_indices", (-1,), "the neck reads one map: the last stage's"))
+    return DetectorRecipe(kind, DETECTOR_CNN, extra=tuple(extra))
+
+
+def detector_code(d: VariantDoc, recipe: Optional[DetectorRecipe] = None) -> str:
+    """The ``create_detector`` lines of a variant page (``recipe``, by default :func:`detector_recipe`'s): they
+    run as written."""
+    r = recipe if recipe is not None else detector_recipe(d)
+    lines = ["import fpn_zoo", ""]
+    backbone = f'"{r.backbone}"'
+    if r.first is not None:
+        lines.append(f"# {d.cfg.name} refines levels of one width: an FPN's, built first")
+        lines.append(f'body = fpn_zoo.create_model("{r.backbone}", neck="{r.first}", out_indices={r.first_indices!r})')
+        backbone = "body"
+    call = f'model = fpn_zoo.create_detector("{r.kind}", {backbone}, neck="{d.cfg.name}", num_classes=91'
+    if not r.extra:
+        lines.append(call + ")")
+    else:
+        indent = " " * call.index("(", len("model = fpn_zoo.create_detector"))
+        lines.append(call + ",")
+        for k, (key, value, why) in enumerate(r.extra):
+            end = ")" if k == len(r.extra) - 1 else ","
+            lines.append(f"{indent} {key}={value!r}{end}  # {why}")
+    lines.append("losses = model(images, targets)   # torchvision's detection API; model.eval(); model(images)")
+    return "```python\n" + "\n".join(lines) + "\n```\n"
 
 
 def render_variants(docs: Sequence[VariantDoc], latency: Mapping[str, float], ref: Reference,
@@ -136,9 +218,11 @@ def render_page(d: VariantDoc, acc: Optional[Accuracy] = None) -> str:
         out.append("\n## Example\n")
         out.append(example_code(cfg.name, d.reference, d.stats))
         out.append("## In a detector\n")
-        out.append("A trainable torchvision detector in one call (any kind: `fasterrcnn`, `maskrcnn`, `keypointrcnn`, "
+        recipe = detector_recipe(d)
+        how = "" if recipe.first else " in one call"
+        out.append(f"A trainable torchvision detector{how} (any kind: `fasterrcnn`, `maskrcnn`, `keypointrcnn`, "
                    "`retinanet`, `fcos`; anchors follow the neck's strides). See [Train a detector](../detection.md).\n")
-        out.append(detector_code(d))
+        out.append(detector_code(d, recipe))
     else:
         out.append(f"Could not be built on a reference backbone: {d.error}\n")
     return "\n".join(p for p in out if p)
