@@ -5,7 +5,8 @@ Started like torchrun starts a worker: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``
 ``OUT_DIR/rank<RANK>.pt``, a dict of plain numbers per check (the test compares the ranks' files):
 
 - ``ddp``: for every registered variant, backbone + neck trained 3 SGD steps under
-  ``DistributedDataParallel(find_unused_parameters=False)`` on different data per rank;
+  ``DistributedDataParallel(find_unused_parameters=False)`` on different data per rank (a neck that stacks
+  cells is built with one cell: every module kind, not every copy, is what an unused parameter depends on);
 - ``syncbn``: ``SyncBatchNorm.convert_sync_batchnorm`` on every variant with BatchNorm;
 - ``fsdp``: one FSDP2 (``fully_shard``) step of ``fpn``, against the same step computed without sharding.
 """
@@ -25,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import fpn_zoo
+from _every_variant import shallow  # this script's folder (tests/) is on sys.path
 
 STEPS = 3
 IMAGE = (2, 3, 64, 64)
@@ -35,7 +37,7 @@ BACKBONES = (("test_efficientnet", dict(out_indices=(2, 3, 4))), ("test_vit", {}
 def create_model(name: str) -> fpn_zoo.BackboneWithNeck:
     for backbone, kwargs in BACKBONES:
         try:
-            return fpn_zoo.create_model(backbone, neck=name, **kwargs)
+            return fpn_zoo.create_model(backbone, neck=name, neck_args=shallow(name) or None, **kwargs)
         except ValueError:
             continue
     raise ValueError(f"{name} accepts none of {[b for b, _ in BACKBONES]}")

@@ -1,8 +1,9 @@
 """The backbone sweep (``tools/sweep.py``, imported as a module): every neck variant on timm model families.
 
 The default suite runs every variant on a handful of families chosen for their shapes (a 5-level CNN
-pyramid from stride 2, NHWC maps, single-stride ViTs, strides 7, 8, 12/17, 7/14/14) at a small odd size
-(33 x 49: odd map sizes at every level) on timm's default levels; ``pytest -m sweep`` runs every timm
+pyramid from stride 2, NHWC maps, single-stride ViTs, strides 7, 12/17, 7/14/14) at a small odd size
+(33 x 49: odd map sizes at every level) on timm's default levels (two more shapes, a stride-4 CNN and a
+stride-8 ViT, carry the ``sweep`` marker); ``pytest -m sweep`` runs every timm
 family at the script's size (97 x 129) on both level sets, one test per family
 (``pytest -m sweep -k swin`` for one). A failure names the backbone, the variant, the stage and
 the error; ``python -m tools.sweep --families FAMILY --necks VARIANT`` reproduces it.
@@ -47,7 +48,12 @@ def _assert_family(result) -> None:
     assert result.served, f"{result.family} ({result.model}) is served by no variant"
 
 
-@pytest.mark.parametrize("family", sorted(REPRESENTATIVE))
+# Shapes the default families already cover, checked with ``pytest -m sweep``.
+SWEEP_ONLY = {"convnext", "xcit"}
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.sweep) if f in SWEEP_ONLY else f
+                                    for f in sorted(REPRESENTATIVE)])
 def test_every_variant_on_representative_family(family: str) -> None:
     result = sweep.sweep_family(
         family, VARIANTS, REPRESENTATIVE[family], threads=1, size=SMALL_ODD_SIZE, levels=("all",)
