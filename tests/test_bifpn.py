@@ -12,6 +12,7 @@ from conftest import backbone, features
 from fpn_zoo.graph import Node, Topology
 from fpn_zoo.graph import stack_cells
 from fpn_zoo.layers.blocks import ActConvNorm
+from fpn_zoo.layers.fusion import weighted_sum
 from fpn_zoo.necks.bifpn import bifpn_cell, bifpn_topology
 
 CHANNELS = [24, 40, 80]
@@ -93,6 +94,34 @@ def test_every_parameter_gets_a_finite_gradient(fusion):
     assert all(torch.isfinite(p.grad).all() for p in neck.parameters())
     weighted = [n for n, _ in neck.named_parameters() if n.endswith("fuse.weight")]
     assert bool(weighted) == (fusion != "sum")
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_weighted_sum_gradients_are_the_plain_expressions(layout):
+    """The fused weighted sum (in-place accumulation, dot-product weight gradients) against autograd of
+    ``w0 * x0 + w1 * x1 + w2 * x2``, in float64; and gradcheck / gradgradcheck of the fused function."""
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 5, 6, 7, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+          for _ in range(3)]
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    fused = weighted_sum(xs, w)
+    plain = xs[0] * w[0] + xs[1] * w[1] + xs[2] * w[2]
+    assert (fused - plain).abs().max() <= 1e-15
+    grad = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(fused, [w, *xs], grad), torch.autograd.grad(plain, [w, *xs], grad)):
+        assert (a - b).abs().max() <= 1e-13 * (1 + b.abs().max())
+    assert torch.autograd.gradcheck(lambda w, *xs: weighted_sum(xs, w), (w, *xs))
+    assert torch.autograd.gradgradcheck(lambda w, *xs: weighted_sum(xs, w), (w, *xs))
+
+
+def test_weighted_sum_with_frozen_weights_or_maps():
+    xs = [torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True), torch.randn(1, 3, 4, 4, dtype=torch.float64)]
+    w = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    out = weighted_sum(xs, w)
+    (g,) = torch.autograd.grad(out.sum(), [xs[0]])
+    assert torch.equal(g, torch.full_like(g, 0.25))
+    with torch.no_grad():
+        assert (weighted_sum(xs, w) - (xs[0] * 0.25 + xs[1] * 0.75)).abs().max() <= 1e-15  # a fused multiply-add may round once
 
 
 def test_bf16_autocast():
