@@ -98,15 +98,16 @@ def test_every_parameter_gets_a_finite_gradient(fusion):
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_weighted_sum_gradients_are_the_plain_expressions(layout):
-    """The fused weighted sum (in-place accumulation, dot-product weight gradients) against autograd of
-    ``w0 * x0 + w1 * x1 + w2 * x2``, in float64; and gradcheck / gradgradcheck of the fused function."""
+    """The weighted sum against ``w0 * x0 + w1 * x1 + w2 * x2`` written out, in float64: the fused inference
+    pass (in-place multiply-adds) and the gradients; gradcheck / gradgradcheck."""
     torch.manual_seed(0)
     xs = [torch.randn(2, 5, 6, 7, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
           for _ in range(3)]
     w = torch.rand(3, dtype=torch.float64, requires_grad=True)
     fused = weighted_sum(xs, w)
     plain = xs[0] * w[0] + xs[1] * w[1] + xs[2] * w[2]
-    assert (fused - plain).abs().max() <= 1e-15
+    with torch.no_grad():
+        assert (weighted_sum(xs, w) - plain).abs().max() <= 1e-15 * (1 + plain.abs().max())
     grad = torch.randn_like(plain)
     for a, b in zip(torch.autograd.grad(fused, [w, *xs], grad), torch.autograd.grad(plain, [w, *xs], grad)):
         assert (a - b).abs().max() <= 1e-13 * (1 + b.abs().max())
