@@ -14,7 +14,7 @@ import fpn_zoo
 from fpn_zoo.accuracy.recipe import Recipe
 from fpn_zoo.measure import Reference
 from tools import docs_gen
-from tools.docs_gen.accuracy import Accuracy, Measured, compare, pareto_front
+from tools.docs_gen.accuracy import REPRO_TOLERANCE, Accuracy, Measured, compare, leave_one_out, pareto_front
 
 SMALL = Reference(size=(64, 64))
 
@@ -82,6 +82,19 @@ def test_accuracy_page_lists_means_stds_and_the_unmeasured(results):
     assert "](assets/accuracy.png)" in text and "](assets/accuracy_curves.png)" in text
     assert isinstance(files["assets/accuracy.png"], docs_gen.Png)
     assert isinstance(files["assets/accuracy_curves.png"], docs_gen.Png)  # every measured one is original-notes
+
+
+def test_reproducibility_section_holds_every_held_out_run_to_the_tolerance(results):
+    acc = Accuracy.from_data(json.loads(results.read_text()))
+    devs = {(n, s): d for n, s, d in leave_one_out(acc)}
+    # only variants with 3 seeds; each run against the mean of the other two
+    assert set(devs) == {(n, s) for n in ("fpn_bn_lrelu_64", "fpn_bn_lrelu_128", "pan_bn_lrelu_64") for s in range(3)}
+    assert devs[("pan_bn_lrelu_64", 0)] == pytest.approx(0.47 - (0.55 + 0.51) / 2)
+    text = generate(results)["accuracy.md"]
+    section = text.split("## Reproducibility")[1].split("##")[0]
+    assert f"±{REPRO_TOLERANCE}" in section
+    assert "7 of 9 held-out runs" in section  # pan: seeds 0 and 1 are 0.06 from the mean of the other two
+    assert "Not held to it: [pan_bn_lrelu_64]" in section and "fpn_bn_lrelu_128" not in section
 
 
 def test_ap_cells_of_the_variants_table_and_the_pages(results):

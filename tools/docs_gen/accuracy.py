@@ -25,7 +25,8 @@ from .measuring import VariantDoc
 
 __all__ = [
     "RESULTS_NAME", "PLOT", "CURVES_PLOT", "NOTES_TAG", "Png", "Measured", "Accuracy", "load_accuracy", "compare",
-    "pareto_front", "ap_cell", "page_section", "render_accuracy", "accuracy_files", "measure_command",
+    "pareto_front", "ap_cell", "page_section", "render_accuracy", "accuracy_files", "measure_command", "leave_one_out",
+    "reproducibility_text", "REPRO_TOLERANCE",
 ]
 
 RESULTS_NAME = "accuracy.json"  # beside the pages: docs/accuracy.json
@@ -33,6 +34,11 @@ PLOT = "assets/accuracy.png"
 CURVES_PLOT = "assets/accuracy_curves.png"
 NOTES_TAG = "original-notes"
 DASH = "—"
+# The tolerance the Reproducibility section states: a run at a new seed lands within this much AP of the
+# published mean of a variant with at least REPRO_MIN_SEEDS seeds (checked there against every run's
+# leave-one-out deviation; the variants that break it are named).
+REPRO_TOLERANCE = 0.015
+REPRO_MIN_SEEDS = 3
 METRIC_COLUMNS = ("AP50", "AP75", "AP_small", "AP_medium", "AP_large", "agnostic_AP")
 
 
@@ -110,6 +116,39 @@ class Accuracy:
         for m in acc.by_neck.values():
             m.runs.sort(key=lambda r: int(r.get("seed", 0)))
         return acc
+
+
+def leave_one_out(acc: Accuracy, min_seeds: int = REPRO_MIN_SEEDS) -> List[Tuple[str, int, float]]:
+    """``(variant, seed, AP - mean AP of the variant's other seeds)`` for every run of a variant with at least
+    ``min_seeds`` seeds: how far a run at a seed the mean did not include lands from it."""
+    out = []
+    for m in acc.by_neck.values():
+        if m.n < min_seeds:
+            continue
+        for k, r in enumerate(m.runs):
+            others = [float(o["metrics"]["AP"]) for j, o in enumerate(m.runs) if j != k]
+            out.append((m.name, int(r.get("seed", 0)), float(r["metrics"]["AP"]) - statistics.fmean(others)))
+    return out
+
+
+def reproducibility_text(acc: Accuracy) -> str:
+    """The tolerance a rerun at a new seed is held to, and the leave-one-out deviations that back it."""
+    devs = leave_one_out(acc)
+    head = (f"A run at a seed not in the table lands within **±{REPRO_TOLERANCE}** AP of the published mean of a "
+            f"variant measured with at least {REPRO_MIN_SEEDS} seeds. The evidence: every such run held out "
+            "against the mean of its variant's other seeds (leave-one-out). ")
+    if not devs:
+        return head + f"No variant has {REPRO_MIN_SEEDS} seeds yet, so the tolerance is not yet backed by data.\n"
+    worst = max(devs, key=lambda d: abs(d[2]))
+    within = [d for d in devs if abs(d[2]) <= REPRO_TOLERANCE]
+    broken = sorted({name for name, _, dev in devs if abs(dev) > REPRO_TOLERANCE})
+    text = (head + f"{len(within)} of {len(devs)} held-out runs ({len({d[0] for d in devs})} variants) land within "
+            f"it; the median deviation is {statistics.median(abs(d[2]) for d in devs):.3f}, the largest "
+            f"{worst[2]:+.3f} ({worst[0]}, seed {worst[1]}).")
+    if broken:
+        text += (" Not held to it: " + ", ".join(f"[{n}]({NECK_DIR}/{n}.md)" for n in broken)
+                 + f" (a held-out run more than {REPRO_TOLERANCE} from the others: its result depends on the seed).")
+    return text + "\n"
 
 
 def published_key() -> str:
@@ -390,6 +429,8 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
         out.append("Each measured variant's AP (error bars: std over seeds) against its CPU latency; the red step "
                    "line is the Pareto front, the highest AP reached at a given latency, its variants ringed.\n")
         out.append(f"![AP against CPU latency]({PLOT})\n")
+        out.append("\n## Reproducibility\n")
+        out.append(reproducibility_text(acc))
     out.append("\n## Not measured yet\n")
     if missing:
         out.append(f"{len(missing)} registered variants have no run of the published recipe yet: "
