@@ -347,6 +347,8 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     changes = {k: getattr(args, k) for k in ("steps", "test_scenes") if getattr(args, k) is not None}
     recipe = dataclasses.replace(Recipe(), **changes)
     path = Path(args.json)
+    if args.estimate:
+        return _estimate_accuracy(names, args, recipe, path)
     total = len(names) * len(args.seeds)
     progress = Progress("accuracy", enabled=not args.quiet)
     finished: List[Tuple[str, int, Optional[str]]] = []
@@ -373,6 +375,38 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         print(format_table(["neck", "seeds", "AP", "AP_small", "agnostic AP", "train (s)"], rows, "lrrrrr"))
     failed = [f for f in finished if f[2]]
     return 1 if failed else 0
+
+
+def _estimate_accuracy(names: List[str], args: argparse.Namespace, recipe: Any, path: Path) -> int:
+    """``fpn-zoo accuracy --estimate``: time a few steps of every neck with runs left, print the time they take."""
+    import torch
+
+    from .accuracy.runner import estimate_seconds, pending
+
+    todo = pending(names, args.seeds, path, recipe)
+    per_neck = {n: sum(1 for m, _ in todo if m == n) for n in dict.fromkeys(n for n, _ in todo)}
+    if not per_neck:
+        print(f"every (neck, seed) asked for is already in {path}: nothing to run")
+        return 0
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    progress = Progress("estimate", enabled=not args.quiet)
+    rows, total = [], 0.0
+    try:
+        for k, (neck, runs) in enumerate(per_neck.items()):
+            t = estimate_seconds(neck, recipe)
+            minutes = (t["train"] + t["eval"]) / 60
+            total += minutes * runs
+            rows.append([neck, str(runs), f"{t['train'] / 60:.1f}", f"{t['eval'] / 60:.1f}", f"{minutes * runs:.0f}"])
+            progress(k + 1, len(per_neck), neck)
+    finally:
+        progress.close()
+        torch.set_num_threads(old_threads)
+    print(f"# estimated from 5 timed training steps per neck at {args.threads} thread(s) (recipe {recipe.key()})")
+    print(format_table(["neck", "runs left", "train (min/run)", "eval (min/run)", "total (min)"], rows, "lrrrr"))
+    print(f"total: {total / 60:.1f} h of runs; with --jobs {args.jobs}: about {total / 60 / args.jobs:.1f} h "
+          "(runs side by side slow each other a little)")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -433,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training steps (default: the published recipe's; other values are a different recipe)")
     p.add_argument("--test-scenes", type=_positive, default=None,
                    help="test scenes evaluated (default: the published recipe's)")
+    p.add_argument("--estimate", action="store_true",
+                   help="only time a few training steps of each neck with runs left and print how long they take")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or training log")
     p.set_defaults(func=cmd_accuracy)
 

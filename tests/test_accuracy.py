@@ -12,6 +12,7 @@ pytest.importorskip("pycocotools")
 
 from fpn_zoo.accuracy import DigitScenes, Recipe, SceneConfig, coco_metrics, load_results, run_many  # noqa: E402
 from fpn_zoo.accuracy.evaluate import METRICS, area_ranges  # noqa: E402
+from fpn_zoo.accuracy.runner import estimate_seconds  # noqa: E402
 from fpn_zoo.accuracy.scenes import TEST_SEED, split_indices  # noqa: E402
 from fpn_zoo.cli import main  # noqa: E402
 
@@ -145,6 +146,23 @@ def test_cli_runs_resumes_and_prints_the_table(cache, monkeypatch, capsys):
     assert main(["accuracy", "no_top_down_64", "--seeds", "0", "--json", str(path), "-q"]) == 0
     assert "already in" in capsys.readouterr().err
     assert len(json.loads(path.read_text())["results"]) == 1
+
+
+@pytest.mark.slow
+def test_cli_estimates_how_long_the_runs_left_take_without_running_them(cache, monkeypatch, capsys):
+    import fpn_zoo.accuracy
+
+    monkeypatch.setattr(fpn_zoo.accuracy, "Recipe", lambda: TINY)
+    path = cache / "acc.json"
+    assert main(["accuracy", "no_top_down_64", "single_level_64", "--seeds", "0,1", "--json", str(path),
+                 "--estimate", "--jobs", "2", "-q"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("no_top", "single"))}
+    assert set(rows) == {"no_top_down_64", "single_level_64"} and all(r[1] == "2" for r in rows.values())
+    assert "total:" in out and "--jobs 2" in out
+    assert not path.exists()  # nothing was run or written
+    est = estimate_seconds("no_top_down_64", TINY, timed_steps=1, eval_scenes=1)
+    assert est["train"] > 0 and est["eval"] > 0
 
 
 def test_cli_refuses_unknown_necks_and_missing_names(capsys, tmp_path):

@@ -7,6 +7,7 @@ share a file.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import multiprocessing
@@ -22,7 +23,7 @@ import torch
 from .recipe import Recipe, build_detector, pretrained_backbone, train_detector
 from .evaluate import evaluate_detector
 
-__all__ = ["run_one", "run_many", "pending", "summarize", "load_results", "ABOUT"]
+__all__ = ["run_one", "run_many", "pending", "summarize", "load_results", "estimate_seconds", "ABOUT"]
 
 ABOUT = (
     "fpn_zoo accuracy benchmark: FCOS (torchvision, via fpn_zoo.create_detector) on a half-width resnet18 "
@@ -89,6 +90,28 @@ def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Calla
         "versions": _versions(), "machine": platform.machine(), "processor": platform.processor() or "",
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def estimate_seconds(neck: str, recipe: Recipe = Recipe(), timed_steps: int = 5,
+                     eval_scenes: int = 20) -> Dict[str, float]:
+    """How long one run of ``neck`` under ``recipe`` takes on this machine, at the current thread count.
+
+    Times ``timed_steps`` training steps (after one untimed step) and one evaluation of ``eval_scenes`` test
+    scenes, and scales them to the recipe: ``{"train": seconds, "eval": seconds}`` (every evaluation of the
+    learning curve and the final one). The pretrained backbone is read from its cache (made first if missing).
+    """
+    state = pretrained_backbone(recipe)
+    torch.manual_seed(0)
+    model = build_detector(neck, recipe, state)
+    train_detector(model, dataclasses.replace(recipe, steps=1, eval_every=0), seed=0)  # allocations, first calls
+    timed = train_detector(model, dataclasses.replace(recipe, steps=timed_steps, eval_every=0), seed=0)
+    scenes = max(1, min(eval_scenes, recipe.test_scenes))
+    start = time.perf_counter()
+    evaluate_detector(model, scenes, recipe.scenes)
+    per_scene = (time.perf_counter() - start) / scenes
+    evaluations = -(-recipe.steps // recipe.eval_every) if recipe.eval_every else 1
+    return {"train": timed["seconds"] / timed_steps * recipe.steps,
+            "eval": per_scene * recipe.test_scenes * evaluations}
 
 
 def load_results(path: Path) -> Dict[str, Any]:

@@ -394,7 +394,8 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
         "## Reproduce\n",
         "```\npip install \".[bench]\"\n"
         f"{measure_command('NECK')}      # one variant, three seeds\n"
-        f"fpn-zoo accuracy --all --seeds 0 --json docs/{RESULTS_NAME}        # the whole table\n"
+        f"fpn-zoo accuracy --all --seeds 0 --json docs/{RESULTS_NAME} --estimate --jobs 2  # how long the rest takes here\n"
+        f"fpn-zoo accuracy --all --seeds 0 --json docs/{RESULTS_NAME} --jobs 2             # the whole table\n"
         "python -m tools.docs_gen                                             # these pages\n```\n",
         f"Finished (neck, seed) runs are kept in `docs/{RESULTS_NAME}` and skipped on a rerun. The table shows the "
         f"runs of the published recipe (key `{acc.recipe_key}`, `fpn_zoo.accuracy.Recipe()`).\n",
