@@ -7,12 +7,15 @@ import json
 import pytest
 import torch
 
+import fpn_zoo
+
 pytest.importorskip("sklearn")
 pytest.importorskip("pycocotools")
 
 from fpn_zoo.accuracy import DigitScenes, Recipe, SceneConfig, coco_metrics, load_results, run_many  # noqa: E402
 from fpn_zoo.accuracy.evaluate import METRICS, area_ranges  # noqa: E402
-from fpn_zoo.accuracy.runner import estimate_seconds  # noqa: E402
+from fpn_zoo.accuracy.recipe import attachment, backbone_and_neck, build_detector  # noqa: E402
+from fpn_zoo.accuracy.runner import _cost, estimate_seconds  # noqa: E402
 from fpn_zoo.accuracy.scenes import TEST_SEED, split_indices  # noqa: E402
 from fpn_zoo.cli import main  # noqa: E402
 
@@ -132,6 +135,33 @@ def test_the_whole_pipeline_on_a_tiny_budget_and_resuming(cache):
     assert single["neck_params"] < fpn["neck_params"]
     assert run_many(["fpn_bn_lrelu_64", "single_level_64"], [0], path, TINY) == []  # finished runs are kept
     assert list(cache.glob("cache/digits-backbone-*.pt"))  # pretrained once, cached
+
+
+@pytest.mark.parametrize("neck, how", [("fpn_bn_lrelu_64", "levels"), ("nasfpn", "c3_c5"), ("bfp", "fpn_first"),
+                                       ("yolof_dilated_encoder", "last_stage"), ("simple_pyramid", "last_stage")])
+def test_every_kind_of_neck_is_attached_and_costed_whole(neck, how):
+    """A neck that cannot read the four levels gets the first attachment it builds on; the recorded cost is
+    everything between the backbone and the head (an FPN put first included)."""
+    assert attachment(neck, TINY) == how
+    torch.manual_seed(0)
+    model = build_detector(neck, TINY)
+    backbone, whole_neck = backbone_and_neck(model)
+    assert all(i in backbone.feature_info.out_indices for i in TINY.out_indices[-1:])
+    cost = _cost(model, TINY.scenes.canvas)
+    assert cost["neck_params"] == sum(p.numel() for p in whole_neck.parameters())
+    if how == "fpn_first":
+        fpn = fpn_zoo.create_neck("fpn", fpn_zoo.FeatureSpec(tuple(backbone.feature_info.channels()),
+                                                             tuple(backbone.feature_info.reduction())))
+        assert cost["neck_params"] > sum(p.numel() for p in fpn.parameters())
+    images, targets = DigitScenes("train", 0, TINY.scenes).batch(range(2))
+    model.train()
+    losses = model(list(images), targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_a_neck_that_builds_on_no_attachment_names_each_reason():
+    with pytest.raises(ValueError, match="levels: .*c3_c5: .*last_stage: "):
+        attachment("fpn", TINY, {"out_channels": -1})
 
 
 @pytest.mark.slow

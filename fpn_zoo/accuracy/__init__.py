@@ -11,11 +11,12 @@ Example (a tiny budget, to check the pipeline; the published recipe is ``Recipe(
     result["metrics"]["AP"], result["metrics"]["agnostic_AP"]
 """
 from .evaluate import METRICS, coco_metrics, evaluate_detector
-from .recipe import Recipe, build_detector, pretrained_backbone, train_detector
+from .recipe import ATTACHMENTS, Recipe, attachment, build_detector, pretrained_backbone, train_detector
 from .runner import load_results, pending, run_many, run_one, summarize
 from .scenes import DigitScenes, SceneConfig
 
 __all__ = [
-    "METRICS", "coco_metrics", "evaluate_detector", "Recipe", "build_detector", "pretrained_backbone",
+    "METRICS", "coco_metrics", "evaluate_detector", "ATTACHMENTS", "Recipe", "attachment", "build_detector",
+    "pretrained_backbone",
     "train_detector", "load_results", "pending", "run_many", "run_one", "summarize", "DigitScenes", "SceneConfig",
 ]

@@ -9,6 +9,10 @@ What every run shares (so a difference between two rows is the neck's):
 * **Detector**: torchvision FCOS from :func:`fpn_zoo.create_detector`, with every neck's levels projected by a
   1x1 conv to one head width (64), so the head's width and cost do not follow the neck's; FCOS's level ranges
   are the paper's scaled to the 128 px canvas (``size_range_scale=0.25``).
+* **Attachment**: a neck reads the backbone's four levels, or, if it cannot (:data:`ATTACHMENTS`, tried in
+  order), the three coarsest (necks written for C3-C5 plus extra levels: NAS-FPN), an FPN's outputs (necks that
+  refine levels of one width: BFP, as in Libra R-CNN), or the last stage alone (necks that read one map:
+  YOLOF's encoder, CenterNet's, the ViTDet simple pyramid). Each run records which (``inputs``).
 * **Training**: the same steps, batch, schedule (linear warm-up, cosine decay) and seeds; AdamW, the backbone
   at a lower learning rate than the neck and head.
 """
@@ -27,9 +31,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .._features import FeatureSpec
 from .scenes import DigitScenes, SceneConfig
 
-__all__ = ["Recipe", "build_backbone", "pretrained_backbone", "build_detector", "train_detector", "cache_dir"]
+__all__ = ["Recipe", "ATTACHMENTS", "attachment", "build_backbone", "pretrained_backbone", "build_detector",
+           "train_detector", "cache_dir"]
+
+#: How a neck is attached to the backbone, in the order tried: the first the neck builds on is used.
+ATTACHMENTS = ("levels", "c3_c5", "fpn_first", "last_stage")
+#: The neck put first for ``fpn_first``.
+FIRST_NECK = "fpn"
 
 MEAN = (0.3, 0.3, 0.3)
 STD = (0.3, 0.3, 0.3)
@@ -81,12 +92,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FPN_ZOO_CACHE", Path.home() / ".cache" / "fpn_zoo"))
 
 
-def build_backbone(recipe: Recipe) -> nn.Module:
-    """The benchmark's timm ``features_only`` backbone, randomly initialised."""
+def build_backbone(recipe: Recipe, out_indices: Optional[Tuple[int, ...]] = None) -> nn.Module:
+    """The benchmark's timm ``features_only`` backbone, randomly initialised; ``out_indices`` (default the
+    recipe's) picks its levels: the weights are the same for any."""
     import timm
 
     channels = tuple(recipe.backbone_channels)
-    return timm.create_model(recipe.backbone, pretrained=False, features_only=True, out_indices=recipe.out_indices,
+    return timm.create_model(recipe.backbone, pretrained=False, features_only=True,
+                             out_indices=out_indices if out_indices is not None else recipe.out_indices,
                              channels=channels, stem_width=channels[0])
 
 
@@ -152,15 +165,48 @@ def pretrained_backbone(recipe: Recipe, log: Optional[Callable[[str], None]] = N
     return state
 
 
+def _indices(recipe: Recipe, how: str) -> Tuple[int, ...]:
+    return {"c3_c5": recipe.out_indices[-3:], "last_stage": recipe.out_indices[-1:]}.get(how, recipe.out_indices)
+
+
+def attachment(neck: str, recipe: Recipe, neck_args: Optional[Dict[str, Any]] = None) -> str:
+    """The first of :data:`ATTACHMENTS` that ``neck`` (with ``neck_args``) builds on.
+
+    Raises:
+        ValueError: the neck builds on none of them (each one's reason is given).
+    """
+    from .. import create_neck
+
+    info = build_backbone(recipe).feature_info
+    channels, reductions = info.channels(), info.reduction()
+    reasons = []
+    for how in ATTACHMENTS:
+        picked = [recipe.out_indices.index(i) for i in _indices(recipe, how)]
+        spec = FeatureSpec(tuple(channels[k] for k in picked), tuple(reductions[k] for k in picked))
+        try:
+            if how == "fpn_first":
+                spec = create_neck(FIRST_NECK, spec).feature_info
+            create_neck(neck, spec, **(neck_args or {}))
+            return how
+        except (ValueError, TypeError) as e:  # BackboneMismatch is a ValueError
+            reasons.append(f"{how}: {e}")
+    raise ValueError(f"{neck} builds on none of the benchmark's attachments: " + "; ".join(reasons))
+
+
 def build_detector(neck: str, recipe: Recipe, backbone_state: Optional[Dict[str, torch.Tensor]] = None,
-                   neck_args: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """FCOS with the benchmark's backbone (loaded from ``backbone_state``) and ``neck``."""
+                   neck_args: Optional[Dict[str, Any]] = None, how: Optional[str] = None) -> nn.Module:
+    """FCOS with the benchmark's backbone (loaded from ``backbone_state``) and ``neck``, attached as ``how``
+    says (default :func:`attachment`'s choice)."""
+    from .. import create_model
     from ..detection import create_detector
     from ..detection.fcos import fcos_head
 
-    backbone = build_backbone(recipe)
+    how = how if how is not None else attachment(neck, recipe, neck_args)
+    backbone = build_backbone(recipe, _indices(recipe, how))
     if backbone_state is not None:
         backbone.load_state_dict(backbone_state)
+    if how == "fpn_first":
+        backbone = create_model(backbone, neck=FIRST_NECK)
     canvas = recipe.scenes.canvas
     return create_detector(
         "fcos", backbone, neck=neck, num_classes=10, neck_args=neck_args, head_channels=recipe.head_channels,
@@ -170,8 +216,20 @@ def build_detector(neck: str, recipe: Recipe, backbone_state: Optional[Dict[str,
     )
 
 
+def backbone_and_neck(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
+    """The timm backbone of a :func:`build_detector` model and everything between it and the head projection
+    (with ``fpn_first``, the FPN and the neck as one :class:`~fpn_zoo.necks.chain.ChainedNeck`)."""
+    from .._factory import BackboneWithNeck
+    from ..necks.chain import ChainedNeck
+
+    body = model.backbone.body
+    if isinstance(body.backbone, BackboneWithNeck):
+        return body.backbone.backbone, ChainedNeck(body.backbone.neck, body.neck)
+    return body.backbone, body.neck
+
+
 def _param_groups(model: nn.Module, recipe: Recipe) -> List[Dict[str, Any]]:
-    backbone_ids = {id(p) for p in model.backbone.body.backbone.parameters()}
+    backbone_ids = {id(p) for p in backbone_and_neck(model)[0].parameters()}
     decay, no_decay, backbone = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

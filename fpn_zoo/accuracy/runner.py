@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from .recipe import Recipe, build_detector, pretrained_backbone, train_detector
+from .recipe import Recipe, attachment, backbone_and_neck, build_detector, pretrained_backbone, train_detector
 from .evaluate import evaluate_detector
 
 __all__ = ["run_one", "run_many", "pending", "summarize", "load_results", "estimate_seconds", "ABOUT"]
@@ -54,10 +54,10 @@ def _versions() -> Dict[str, str]:
 def _cost(model: torch.nn.Module, canvas: int) -> Dict[str, float]:
     from ..measure import count_flops
 
-    neck = model.backbone.body.neck
+    backbone, neck = backbone_and_neck(model)
     model.eval()
     with torch.no_grad():
-        feats = model.backbone.body.backbone(torch.zeros(1, 3, canvas, canvas))
+        feats = backbone(torch.zeros(1, 3, canvas, canvas))
         neck_gflops = count_flops(neck, [f for f in feats]) / 1e9
     return {
         "neck_params": sum(p.numel() for p in neck.parameters()),
@@ -71,7 +71,8 @@ def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Calla
     """Train and evaluate one (neck, seed): the result record (metrics, cost, time, curves, versions)."""
     state = pretrained_backbone(recipe, log=log)
     torch.manual_seed(seed)
-    model = build_detector(neck, recipe, state, neck_args=neck_args)
+    how = attachment(neck, recipe, neck_args)
+    model = build_detector(neck, recipe, state, neck_args=neck_args, how=how)
     cost = _cost(model, recipe.scenes.canvas)
 
     def evaluate(m: torch.nn.Module) -> Dict[str, float]:
@@ -83,7 +84,7 @@ def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Calla
     trained["curve"].append((recipe.steps, metrics))
     return {
         "neck": neck, "seed": seed, "neck_args": dict(neck_args or {}), "recipe_key": recipe.key(),
-        "metrics": metrics, **cost,
+        "inputs": how, "metrics": metrics, **cost,
         "train_seconds": round(trained["seconds"], 1), "eval_seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(), "losses": trained["losses"],
         "curve": [[s, {"AP": m["AP"], "agnostic_AP": m["agnostic_AP"]}] for s, m in trained["curve"]],

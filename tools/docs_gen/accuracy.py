@@ -39,6 +39,7 @@ DASH = "—"
 # leave-one-out deviation; the variants that break it are named).
 REPRO_TOLERANCE = 0.015
 REPRO_MIN_SEEDS = 3
+INPUTS = {"levels": "C2-C5", "c3_c5": "C3-C5", "fpn_first": "FPN first", "last_stage": "C5"}
 METRIC_COLUMNS = ("AP50", "AP75", "AP_small", "AP_medium", "AP_large", "agnostic_AP")
 
 
@@ -75,6 +76,10 @@ class Measured:
     def cost(self, key: str) -> Optional[float]:
         v = [float(r[key]) for r in self.runs if r.get(key) is not None]
         return statistics.fmean(v) if v else None
+
+    def inputs(self) -> str:
+        """What the neck read (the runs' ``inputs``; runs from before it was recorded read the four levels)."""
+        return " / ".join(sorted({INPUTS[r.get("inputs", "levels")] for r in self.runs}))
 
     def curve(self, metric: str = "AP") -> List[Tuple[int, float]]:
         """``(step, mean over the seeds that evaluated at that step)``, by step."""
@@ -366,6 +371,10 @@ def _recipe_text() -> str:
         "every run: the stand-in for ImageNet weights.\n"
         "- **Detector**: torchvision FCOS from `fpn_zoo.create_detector`; every neck's levels are projected by a "
         f"1x1 conv to one {r.head_channels}-channel head, so the head's width and cost do not follow the neck's.\n"
+        "- **Inputs**: a neck reads the backbone's four levels (strides 4-32); one that cannot gets the first that "
+        "it builds on of: the three coarsest (necks written for C3-C5 plus extra levels, e.g. NAS-FPN), an FPN's "
+        "outputs (necks that refine levels of one width, e.g. BFP as in Libra R-CNN; its cost then includes the "
+        "FPN), or the last stage alone (necks that read one map). The table's *inputs* column says which.\n"
         f"- **Training**: {r.steps} steps of batch {r.batch}, AdamW (lr {r.lr:g}, the backbone at "
         f"{r.backbone_lr_scale:g}x), {r.warmup} warm-up steps then cosine decay, one CPU thread; the same for "
         "every neck, so a difference between two rows is the neck's (and the seed's).\n"
@@ -423,9 +432,10 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
                          *[num(m.mean(k)) for k in METRIC_COLUMNS],
                          mparams(int(m.cost("neck_params"))) if m.cost("neck_params") is not None else DASH,
                          f"{m.cost('neck_gflops'):.3f}" if m.cost("neck_gflops") is not None else DASH,
-                         latency_cell(latency.get(m.name))])
+                         latency_cell(latency.get(m.name)), m.inputs()])
         out.append(md_table(["variant", "seeds", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-                             "agnostic AP", "neck params (M)", "neck GFLOPs", "CPU latency"], rows, "lrrrrrrrrrrr"))
+                             "agnostic AP", "neck params (M)", "neck GFLOPs", "CPU latency", "inputs"], rows,
+                            "lrrrrrrrrrrrl"))
         out.append("\n## AP against latency\n")
         out.append("Each measured variant's AP (error bars: std over seeds) against its CPU latency; the red step "
                    "line is the Pareto front, the highest AP reached at a given latency, its variants ringed.\n")
