@@ -381,7 +381,7 @@ def _estimate_accuracy(names: List[str], args: argparse.Namespace, recipe: Any, 
     """``fpn-zoo accuracy --estimate``: time a few steps of every neck with runs left, print the time they take."""
     import torch
 
-    from .accuracy.runner import estimate_seconds, pending
+    from .accuracy.runner import estimate_seconds, pending, save_estimates
 
     todo = pending(names, args.seeds, path, recipe)
     per_neck = {n: sum(1 for m, _ in todo if m == n) for n in dict.fromkeys(n for n, _ in todo)}
@@ -391,17 +391,19 @@ def _estimate_accuracy(names: List[str], args: argparse.Namespace, recipe: Any, 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     progress = Progress("estimate", enabled=not args.quiet)
-    rows, total = [], 0.0
+    rows, total, estimates = [], 0.0, {}
     try:
         for k, (neck, runs) in enumerate(per_neck.items()):
             t = estimate_seconds(neck, recipe)
-            minutes = (t["train"] + t["eval"]) / 60
+            minutes = estimates[neck] = (t["train"] + t["eval"]) / 60
             total += minutes * runs
             rows.append([neck, str(runs), f"{t['train'] / 60:.1f}", f"{t['eval'] / 60:.1f}", f"{minutes * runs:.0f}"])
             progress(k + 1, len(per_neck), neck)
     finally:
         progress.close()
         torch.set_num_threads(old_threads)
+        if estimates:
+            save_estimates(path, recipe, estimates, args.threads)
     print(f"# estimated from 5 timed training steps per neck at {args.threads} thread(s) (recipe {recipe.key()})")
     print(format_table(["neck", "runs left", "train (min/run)", "eval (min/run)", "total (min)"], rows, "lrrrr"))
     print(f"total: {total / 60:.1f} h of runs; with --jobs {args.jobs}: about {total / 60 / args.jobs:.1f} h "
@@ -468,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-scenes", type=_positive, default=None,
                    help="test scenes evaluated (default: the published recipe's)")
     p.add_argument("--estimate", action="store_true",
-                   help="only time a few training steps of each neck with runs left and print how long they take")
+                   help="only time a few training steps of each neck with runs left, print how long they take and "
+                   "record it in the results file (the docs say how long the unmeasured runs take)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or training log")
     p.set_defaults(func=cmd_accuracy)
 

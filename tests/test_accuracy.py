@@ -190,7 +190,10 @@ def test_cli_estimates_how_long_the_runs_left_take_without_running_them(cache, m
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("no_top", "single"))}
     assert set(rows) == {"no_top_down_64", "single_level_64"} and all(r[1] == "2" for r in rows.values())
     assert "total:" in out and "--jobs 2" in out
-    assert not path.exists()  # nothing was run or written
+    data = json.loads(path.read_text())
+    assert data["results"] == []  # nothing was run
+    recorded = data["estimates"][TINY.key()]
+    assert set(recorded) == {"no_top_down_64", "single_level_64"} and all(e["minutes"] >= 0 for e in recorded.values())
     est = estimate_seconds("no_top_down_64", TINY, timed_steps=1, eval_scenes=1)
     assert est["train"] > 0 and est["eval"] > 0
 

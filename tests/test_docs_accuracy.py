@@ -48,7 +48,9 @@ def results(tmp_path):
     runs.append(record("fpn_bn_lrelu_64", 0, 0.9, "someoldrecipe"))  # another recipe: not shown
     runs.append(record("fpn_bn_lrelu_64", 5, 0.9, key, neck_args={"out_channels": 32}))  # overridden: not shown
     path = tmp_path / "accuracy.json"
-    path.write_text(json.dumps({"about": "test", "recipes": {key: Recipe().as_dict()}, "results": runs}))
+    estimates = {key: {"fpn_deep3_bn_lrelu_64": {"minutes": 30.0}, "fpn": {"minutes": 150.0}}}
+    path.write_text(json.dumps({"about": "test", "recipes": {key: Recipe().as_dict()}, "results": runs,
+                                "estimates": estimates}))
     return path
 
 
@@ -95,6 +97,16 @@ def test_reproducibility_section_holds_every_held_out_run_to_the_tolerance(resul
     assert f"±{REPRO_TOLERANCE}" in section
     assert "7 of 9 held-out runs" in section  # pan: seeds 0 and 1 are 0.06 from the mean of the other two
     assert "Not held to it: [pan_bn_lrelu_64]" in section and "fpn_bn_lrelu_128" not in section
+
+
+def test_the_unmeasured_carry_their_estimates_and_the_whole_table_its_time(results):
+    text = generate(results)["accuracy.md"]
+    section = text.split("## Not measured yet")[1].split("##")[0]
+    assert "[fpn_deep3_bn_lrelu_64](necks/fpn_deep3_bn_lrelu_64.md) (30 min)" in section
+    assert "[fpn](necks/fpn.md) (2.5 h)" in section
+    # seed 0 of the 4 measured variants: 4 x (600 + 20) s = 0.7 h; estimated 3 h; two cores: half
+    assert "about 4 h of single-thread runs — 0.7 h measured, 3 h estimated for the 2 runs left" in section
+    assert "the longest: fpn (2.5 h), fpn_deep3_bn_lrelu_64 (30 min)" in section
 
 
 def test_ap_cells_of_the_variants_table_and_the_pages(results):

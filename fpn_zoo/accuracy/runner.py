@@ -23,7 +23,8 @@ import torch
 from .recipe import Recipe, attachment, backbone_and_neck, build_detector, pretrained_backbone, train_detector
 from .evaluate import evaluate_detector
 
-__all__ = ["run_one", "run_many", "pending", "summarize", "load_results", "estimate_seconds", "ABOUT"]
+__all__ = ["run_one", "run_many", "pending", "summarize", "load_results", "estimate_seconds", "save_estimates",
+           "ABOUT"]
 
 ABOUT = (
     "fpn_zoo accuracy benchmark: FCOS (torchvision, via fpn_zoo.create_detector) on a half-width resnet18 "
@@ -139,18 +140,36 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _save(path: Path, result: Dict[str, Any], recipe: Recipe) -> None:
+@contextmanager
+def _updating(path: Path, recipe: Recipe) -> Iterator[Dict[str, Any]]:
+    """The results file's contents to change in place, written back atomically under the file lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         data = load_results(path)
         data["about"] = ABOUT
         data.setdefault("recipes", {})[recipe.key()] = recipe.as_dict()
-        data["results"] = [r for r in data["results"] if _key(r) != _key(result)] + [result]
-        data["results"].sort(key=lambda r: (r["recipe_key"], r["neck"], json.dumps(r.get("neck_args", {})),
-                                            r["seed"]))
+        yield data
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         os.replace(tmp, path)
+
+
+def _save(path: Path, result: Dict[str, Any], recipe: Recipe) -> None:
+    with _updating(path, recipe) as data:
+        data["results"] = [r for r in data["results"] if _key(r) != _key(result)] + [result]
+        data["results"].sort(key=lambda r: (r["recipe_key"], r["neck"], json.dumps(r.get("neck_args", {})),
+                                            r["seed"]))
+
+
+def save_estimates(path: Path, recipe: Recipe, minutes: Dict[str, float], threads: int) -> None:
+    """Record :func:`estimate_seconds`' result per neck (minutes per run) in the results file, under
+    ``estimates[recipe key][neck]``, for the docs to say how long the unmeasured runs take."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with _updating(path, recipe) as data:
+        table = data.setdefault("estimates", {}).setdefault(recipe.key(), {})
+        for neck, m in minutes.items():
+            table[neck] = {"minutes": round(m, 1), "threads": threads, "machine": platform.machine(),
+                           "estimated": stamp}
 
 
 def _key(r: Dict[str, Any]) -> Tuple[str, str, str, int]:

@@ -101,6 +101,7 @@ class Accuracy:
     about: str = ""
     source: str = ""
     others: int = 0  # records of other recipes or with neck_args: not shown
+    estimates: Dict[str, float] = field(default_factory=dict)  # minutes per run (`fpn-zoo accuracy --estimate`)
 
     def get(self, name: str) -> Optional[Measured]:
         return self.by_neck.get(name)
@@ -113,6 +114,7 @@ class Accuracy:
         key = recipe_key if recipe_key is not None else published_key()
         acc = cls(key, recipe=dict(data.get("recipes", {}).get(key, {})), about=str(data.get("about", "")),
                   source=source)
+        acc.estimates = {n: float(e["minutes"]) for n, e in data.get("estimates", {}).get(key, {}).items()}
         for r in data.get("results", []):
             if r.get("recipe_key") == key and not r.get("neck_args"):
                 acc.by_neck.setdefault(r["neck"], Measured(r["neck"], [])).runs.append(r)
@@ -357,6 +359,30 @@ def plot_curves(acc: Accuracy, names: Sequence[str]) -> bytes:
 # --- the page --------------------------------------------------------------------------------------------------
 
 
+def _duration(minutes: float) -> str:
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def _whole_table_text(acc: Accuracy, measured: Sequence[Measured], missing: Sequence[str]) -> str:
+    """How long the whole table takes at one seed: the measured runs' time and the estimates for the rest."""
+    estimated = [acc.estimates[n] for n in missing if n in acc.estimates]
+    if not estimated:
+        return ("How long their runs take on your machine: `fpn-zoo accuracy --all --seeds 0 --estimate` (it times "
+                "a few training steps of each).\n")
+    seed0 = [r for m in measured for r in m.runs[:1]]
+    done_hours = sum(float(r.get("train_seconds", 0)) + float(r.get("eval_seconds", 0)) for r in seed0) / 3600
+    rest_hours = sum(estimated) / 60
+    longest = sorted(((acc.estimates[n], n) for n in missing if n in acc.estimates), reverse=True)[:3]
+    text = (f"In brackets, a run's estimated time (one thread; `fpn-zoo accuracy --all --seeds 0 --estimate` times a "
+            f"few training steps of each). The whole table at one seed (`fpn-zoo accuracy --all --seeds 0 --jobs 2`) "
+            f"is about {done_hours + rest_hours:.0f} h of single-thread runs — {done_hours:.1f} h measured, "
+            f"{rest_hours:.0f} h estimated for the {len(estimated)} runs left"
+            + (f", {len(missing) - len(estimated)} not estimated" if len(estimated) < len(missing) else "")
+            + f" — so about {(done_hours + rest_hours) / 2:.0f} h on two cores; the longest: "
+            + ", ".join(f"{n} ({_duration(m)})" for m, n in longest) + ".\n")
+    return text
+
+
 def _recipe_text() -> str:
     from fpn_zoo.accuracy.recipe import Recipe
 
@@ -445,7 +471,9 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
     out.append("\n## Not measured yet\n")
     if missing:
         out.append(f"{len(missing)} registered variants have no run of the published recipe yet: "
-                   + ", ".join(f"[{n}]({NECK_DIR}/{n}.md)" for n in missing) + ".\n")
+                   + ", ".join(f"[{n}]({NECK_DIR}/{n}.md)" + (f" ({_duration(acc.estimates[n])})"
+                                                             if n in acc.estimates else "") for n in missing) + ".\n")
+        out.append(_whole_table_text(acc, measured, missing))
     else:
         out.append("Every registered variant is measured.\n")
     if unknown:
