@@ -14,7 +14,7 @@ pytest.importorskip("pycocotools")
 
 from fpn_zoo.accuracy import DigitScenes, Recipe, SceneConfig, coco_metrics, load_results, run_many  # noqa: E402
 from fpn_zoo.accuracy.evaluate import METRICS, area_ranges  # noqa: E402
-from fpn_zoo.accuracy.recipe import attachment, backbone_and_neck, build_detector  # noqa: E402
+from fpn_zoo.accuracy.recipe import attachment, backbone_and_neck, build_detector, train_detector  # noqa: E402
 from fpn_zoo.accuracy.runner import _cost, estimate_seconds  # noqa: E402
 from fpn_zoo.accuracy.scenes import TEST_SEED, split_indices  # noqa: E402
 from fpn_zoo.cli import main  # noqa: E402
@@ -162,6 +162,40 @@ def test_every_kind_of_neck_is_attached_and_costed_whole(neck, how):
 def test_a_neck_that_builds_on_no_attachment_names_each_reason():
     with pytest.raises(ValueError, match="levels: .*c3_c5: .*last_stage: "):
         attachment("fpn", TINY, {"out_channels": -1})
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    """Training stopped after step 2 (its checkpoint saved at every step) and started again ends with the
+    weights, losses and curve of the run that was never stopped."""
+    recipe = dataclasses.replace(TINY, steps=4, eval_every=2)
+    curve_metrics = {"AP": 0.5}
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_detector("fpn_bn_lrelu_64", recipe)
+
+    whole = fresh()
+    expected = train_detector(whole, recipe, seed=1, evaluate=lambda m: curve_metrics)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_first_evaluation(model):
+        raise Stop
+
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(Stop):
+        train_detector(fresh(), recipe, seed=1, evaluate=stop_at_first_evaluation, checkpoint=ckpt,
+                       checkpoint_seconds=0)
+    assert torch.load(ckpt, weights_only=False)["step"] == 1  # saved after step 1; step 2 stopped in evaluate
+    resumed_model = fresh()
+    resumed = train_detector(resumed_model, recipe, seed=1, evaluate=lambda m: curve_metrics, checkpoint=ckpt,
+                             checkpoint_seconds=0)
+    for (name, a), b in zip(whole.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed["losses"] == expected["losses"] and resumed["curve"] == expected["curve"]
+    other_seed = train_detector(fresh(), recipe, seed=2, checkpoint=ckpt, checkpoint_seconds=1e9)
+    assert other_seed["losses"] != expected["losses"]  # a checkpoint of another seed is not resumed
 
 
 @pytest.mark.slow

@@ -250,11 +250,18 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> List[Dict[str, Any]]:
 def train_detector(
     model: nn.Module, recipe: Recipe, seed: int, log: Optional[Callable[[str], None]] = None,
     evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
+    checkpoint: Optional[Path] = None, checkpoint_seconds: float = 300.0,
 ) -> Dict[str, Any]:
     """Train ``model`` by the recipe on fresh train scenes drawn from ``seed``.
 
     Returns ``{"seconds", "losses": [(step, loss), ...], "curve": [(step, metrics), ...]}``; the curve holds
-    ``evaluate(model)`` every ``recipe.eval_every`` steps (none when 0).
+    ``evaluate(model)`` every ``recipe.eval_every`` steps (none when 0); ``seconds`` is training time only,
+    summed over resumptions.
+
+    With ``checkpoint`` (a file path), the whole training state (model, optimizer, schedule, step, curves, RNG)
+    is saved there every ``checkpoint_seconds`` of training, and a run that finds a checkpoint of the same
+    recipe and seed resumes from it: the scenes are a function of (seed, index), so the resumed run computes
+    what the uninterrupted one does. Runs longer than a sitting (hours, for the slowest necks) finish this way.
     """
     torch.manual_seed(seed)
     scenes = DigitScenes("train", seed=seed, config=recipe.scenes)
@@ -263,9 +270,24 @@ def train_detector(
     params = [p for g in opt.param_groups for p in g["params"]]
     losses: List[Tuple[int, float]] = []
     curve: List[Tuple[int, Dict[str, float]]] = []
-    running, start = None, time.perf_counter()
+    running: Optional[float] = None
+    first, before = 0, 0.0  # the step to start from, training seconds of earlier sittings
+    identity = {"recipe_key": recipe.key(), "seed": seed}
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file
+        if state.get("identity") == identity:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            first, before, running = state["step"], state["seconds"], state["running"]
+            losses, curve = [tuple(x) for x in state["losses"]], [tuple(x) for x in state["curve"]]
+            if log is not None:
+                log(f"resumed from {checkpoint} at step {first}")
+    start = last_save = time.perf_counter()
     model.train()
-    for step, (images, targets) in zip(range(recipe.steps), scenes.batches(recipe.batch)):
+    batches = scenes.batches(recipe.batch, start=first * recipe.batch)
+    for step, (images, targets) in zip(range(first, recipe.steps), batches):
         loss_dict = model(list(images), targets)
         loss = sum(loss_dict.values())
         if not torch.isfinite(loss):
@@ -279,9 +301,24 @@ def train_detector(
         if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
             losses.append((step + 1, round(running, 4)))
             if log is not None:
-                log(f"step {step + 1}/{recipe.steps} loss {running:.3f} ({time.perf_counter() - start:.0f} s)")
+                log(f"step {step + 1}/{recipe.steps} loss {running:.3f} "
+                    f"({before + time.perf_counter() - start:.0f} s)")
         if evaluate is not None and recipe.eval_every and (step + 1) % recipe.eval_every == 0 \
                 and step + 1 < recipe.steps:
             curve.append((step + 1, evaluate(model)))
             model.train()
-    return {"seconds": time.perf_counter() - start, "losses": losses, "curve": curve}
+        now = time.perf_counter()
+        if checkpoint is not None and step + 1 < recipe.steps and now - last_save >= checkpoint_seconds:
+            _save_checkpoint(Path(checkpoint), {
+                "identity": identity, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
+                "seconds": before + now - start, "running": running, "losses": losses, "curve": curve})
+            last_save = time.perf_counter()
+    return {"seconds": before + time.perf_counter() - start, "losses": losses, "curve": curve}
+
+
+def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -3,7 +3,8 @@
 A results file holds ``{"about": ..., "results": [...]}``; each result is one (neck, seed) under one recipe
 (its ``recipe_key``). Finished pairs are kept and skipped on a rerun, and every finished run is merged into
 the file at once (under a file lock), so an interrupted table resumes where it stopped and two commands can
-share a file.
+share a file. A run in progress saves its training state beside the file (``<stem>.<neck>.<seed>.ckpt``) every
+five minutes of training and resumes from it when started again, so runs longer than a sitting finish.
 """
 from __future__ import annotations
 
@@ -68,8 +69,12 @@ def _cost(model: torch.nn.Module, canvas: int) -> Dict[str, float]:
 
 
 def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Callable[[str], None]] = None,
-            neck_args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Train and evaluate one (neck, seed): the result record (metrics, cost, time, curves, versions)."""
+            neck_args: Optional[Dict[str, Any]] = None, checkpoint: Optional[Path] = None) -> Dict[str, Any]:
+    """Train and evaluate one (neck, seed): the result record (metrics, cost, time, curves, versions).
+
+    ``checkpoint``: a file for this (neck, seed) where training saves its state and resumes from
+    (:func:`~fpn_zoo.accuracy.recipe.train_detector`).
+    """
     state = pretrained_backbone(recipe, log=log)
     torch.manual_seed(seed)
     how = attachment(neck, recipe, neck_args)
@@ -79,7 +84,7 @@ def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Calla
     def evaluate(m: torch.nn.Module) -> Dict[str, float]:
         return evaluate_detector(m, recipe.test_scenes, recipe.scenes)
 
-    trained = train_detector(model, recipe, seed, log=log, evaluate=evaluate)
+    trained = train_detector(model, recipe, seed, log=log, evaluate=evaluate, checkpoint=checkpoint)
     start = time.perf_counter()
     metrics = evaluate(model)
     trained["curve"].append((recipe.steps, metrics))
@@ -180,15 +185,17 @@ def _worker(job: Tuple[str, int, Recipe, str, int]) -> Tuple[str, int, Optional[
     neck, seed, recipe, path, threads = job
     torch.set_num_threads(threads)
     log_path = Path(path).with_name(f"{Path(path).stem}.{neck}.{seed}.log")
+    checkpoint = log_path.with_suffix(".ckpt")  # an interrupted run resumes from it
     try:
-        with open(log_path, "w") as log_file:
+        with open(log_path, "a") as log_file:
             def log(msg: str) -> None:
                 log_file.write(msg + "\n")
                 log_file.flush()
 
-            result = run_one(neck, seed, recipe, log=log)
+            result = run_one(neck, seed, recipe, log=log, checkpoint=checkpoint)
         _save(Path(path), result, recipe)
         log_path.unlink()
+        checkpoint.unlink(missing_ok=True)
         return neck, seed, None
     except Exception as e:  # reported by the parent; the others go on
         return neck, seed, f"{type(e).__name__}: {e}"
