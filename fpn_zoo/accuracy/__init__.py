@@ -17,6 +17,6 @@ from .scenes import DigitScenes, SceneConfig
 
 __all__ = [
     "METRICS", "coco_metrics", "evaluate_detector", "ATTACHMENTS", "Recipe", "attachment", "build_detector",
-    "pretrained_backbone",
-    "train_detector", "load_results", "pending", "run_many", "run_one", "summarize", "DigitScenes", "SceneConfig",
+    "pretrained_backbone", "train_detector", "load_results", "pending", "run_many", "run_one", "summarize",
+    "DigitScenes", "SceneConfig",
 ]
