@@ -68,6 +68,40 @@ def test_deform_conv_matches_bilinear_loop_float64() -> None:
     assert diff <= 1e-10
 
 
+@pytest.mark.parametrize("stride, dilation, deform_groups", [(1, 1, 1), (2, 1, 2), (1, 2, 4)])
+def test_sampled_deform_conv_is_torchvisions_in_value_and_gradient(stride, dilation, deform_groups) -> None:
+    """The CPU path (grid_sample + matmul) against ``torchvision.ops.deform_conv2d`` in float64: outputs and every
+    gradient (input, offsets, masks, weight, bias) agree to float64 rounding."""
+    from torchvision.ops import deform_conv2d
+
+    from fpn_zoo.layers.deform import sampled_deform_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 11, dtype=F64, requires_grad=True)
+    weight = torch.randn(5, 8, 3, 3, dtype=F64, requires_grad=True)
+    bias = torch.randn(5, dtype=F64, requires_grad=True)
+    out_h, out_w = (9 - 1) // stride + 1, (11 - 1) // stride + 1  # padding = dilation keeps a 3x3 tap centred
+    offset = (2.5 * torch.randn(2, 18 * deform_groups, out_h, out_w, dtype=F64)).requires_grad_()
+    mask = torch.rand(2, 9 * deform_groups, out_h, out_w, dtype=F64, requires_grad=True)
+    args = (x, offset, weight, bias)
+    ours = sampled_deform_conv2d(*args, (stride, stride), (dilation, dilation), (dilation, dilation), mask)
+    ref = deform_conv2d(*args, stride=stride, padding=dilation, dilation=dilation, mask=mask)
+    assert ours.shape == ref.shape and (ours - ref).abs().max() <= 1e-12
+    grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, [*args, mask], grad), torch.autograd.grad(ref, [*args, mask], grad)):
+        assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max())
+
+
+def test_grouped_deform_conv_keeps_torchvisions_kernel() -> None:
+    conv = ModulatedDeformConv(4, 6, 3, groups=2).double()
+    x = torch.randn(1, 4, 5, 5, dtype=F64)
+    offset, mask = torch.randn(1, 18, 5, 5, dtype=F64), torch.rand(1, 9, 5, 5, dtype=F64)
+    from torchvision.ops import deform_conv2d
+
+    expected = deform_conv2d(x, offset, conv.weight, conv.bias, padding=(1, 1), mask=mask)
+    assert torch.equal(conv(x, offset, mask), expected)
+
+
 def hard_sigmoid(v: float) -> float:
     return min(max((v + 3) / 6, 0.0), 1.0)
 

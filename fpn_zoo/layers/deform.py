@@ -1,4 +1,4 @@
-"""Modulated deformable convolution (DCNv2) on ``torchvision.ops.deform_conv2d``, no compiled mmcv op.
+"""Modulated deformable convolution (DCNv2) without a compiled mmcv op.
 
 Zhu et al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019. https://arxiv.org/abs/1811.11168
 
@@ -17,14 +17,49 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
-__all__ = ["ModulatedDeformConv", "ModulatedDeformConvPack"]
+__all__ = ["ModulatedDeformConv", "ModulatedDeformConvPack", "sampled_deform_conv2d"]
+
+
+def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          stride: Tuple[int, int], padding: Tuple[int, int], dilation: Tuple[int, int],
+                          mask: torch.Tensor) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d`` (one conv group) as bilinear sampling of every tap, then a matmul.
+
+    Tap ``(i, j)`` of output pixel ``(y, x)`` reads the input at ``(y * stride - padding + i * dilation + dy,
+    x * stride - padding + j * dilation + dx)``, bilinearly with zeros outside the map (``grid_sample`` with
+    ``align_corners=False``: pixel ``u`` sits at ``(2u + 1) / size - 1``), times its mask; the taps are then
+    contracted with the weight as an im2col conv is.
+    """
+    n, c, h, w = x.shape
+    out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    out_h, out_w = offset.shape[-2:]
+    taps = kh * kw
+    deform_groups = offset.shape[1] // (2 * taps)
+    rows = torch.arange(kh, device=x.device, dtype=x.dtype) * dilation[0]
+    cols = torch.arange(kw, device=x.device, dtype=x.dtype) * dilation[1]
+    base_y = rows.repeat_interleave(kw)[:, None, None] \
+        + (torch.arange(out_h, device=x.device, dtype=x.dtype) * stride[0] - padding[0])[None, :, None]
+    base_x = cols.repeat(kh)[:, None, None] \
+        + (torch.arange(out_w, device=x.device, dtype=x.dtype) * stride[1] - padding[1])[None, None, :]
+    shifts = offset.view(n, deform_groups, taps, 2, out_h, out_w)
+    grid = torch.stack(((2 * (base_x + shifts[:, :, :, 1]) + 1) / w - 1,
+                        (2 * (base_y + shifts[:, :, :, 0]) + 1) / h - 1), dim=-1)
+    sampled = F.grid_sample(x.reshape(n * deform_groups, c // deform_groups, h, w),
+                            grid.reshape(n * deform_groups, taps * out_h, out_w, 2),
+                            mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = sampled.view(n, deform_groups, c // deform_groups, taps, out_h, out_w) \
+        * mask.view(n, deform_groups, 1, taps, out_h, out_w)
+    out = torch.matmul(weight.reshape(out_channels, c * taps), sampled.reshape(n, c * taps, out_h * out_w))
+    out = out.view(n, out_channels, out_h, out_w)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 class ModulatedDeformConv(nn.Module):
@@ -56,6 +91,7 @@ class ModulatedDeformConv(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.groups = groups
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride)
         self.padding = _pair(padding)
@@ -80,6 +116,9 @@ class ModulatedDeformConv(nn.Module):
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Args: the map, offsets ``(N, offset_channels, H_out, W_out)``, masks ``(N, offset_channels / 2, H_out,
         W_out)``. Returns: ``(N, out_channels, H_out, W_out)``."""
+        if x.device.type == "cpu" and self.groups == 1:
+            return sampled_deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                         mask)
         return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
                              dilation=self.dilation, mask=mask)
 
