@@ -6,7 +6,6 @@ resort — an explicit list of channels.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple

@@ -381,7 +381,7 @@ def _estimate_accuracy(names: List[str], args: argparse.Namespace, recipe: Any, 
     """``fpn-zoo accuracy --estimate``: time a few steps of every neck with runs left, print the time they take."""
     import torch
 
-    from .accuracy.runner import estimate_seconds, pending, save_estimates
+    from .accuracy.runner import ESTIMATE_TIMED_STEPS, estimate_seconds, pending, save_estimates
 
     todo = pending(names, args.seeds, path, recipe)
     per_neck = {n: sum(1 for m, _ in todo if m == n) for n in dict.fromkeys(n for n, _ in todo)}
@@ -404,7 +404,7 @@ def _estimate_accuracy(names: List[str], args: argparse.Namespace, recipe: Any, 
         torch.set_num_threads(old_threads)
         if estimates:
             save_estimates(path, recipe, estimates, args.threads)
-    print(f"# estimated from 5 timed training steps per neck at {args.threads} thread(s) (recipe {recipe.key()})")
+    print(f"# estimated from {ESTIMATE_TIMED_STEPS} timed training steps per neck at {args.threads} thread(s) (recipe {recipe.key()})")
     print(format_table(["neck", "runs left", "train (min/run)", "eval (min/run)", "total (min)"], rows, "lrrrr"))
     print(f"total: {total / 60:.1f} h of runs; with --jobs {args.jobs}: about {total / 60 / args.jobs:.1f} h "
           "(runs side by side slow each other a little)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 
-import pytest
 import torch
 import torchvision
 

@@ -12,11 +12,12 @@ Example (a tiny budget, to check the pipeline; the published recipe is ``Recipe(
 """
 from .evaluate import METRICS, coco_metrics, evaluate_detector
 from .recipe import ATTACHMENTS, Recipe, attachment, build_detector, pretrained_backbone, train_detector
-from .runner import load_results, pending, run_many, run_one, summarize
+from .results import Accuracy, Measured, load_results, read_accuracy
+from .runner import pending, run_many, run_one, summarize
 from .scenes import DigitScenes, SceneConfig
 
 __all__ = [
     "METRICS", "coco_metrics", "evaluate_detector", "ATTACHMENTS", "Recipe", "attachment", "build_detector",
-    "pretrained_backbone", "train_detector", "load_results", "pending", "run_many", "run_one", "summarize",
+    "pretrained_backbone", "train_detector", "Accuracy", "Measured", "load_results", "read_accuracy", "pending", "run_many", "run_one", "summarize",
     "DigitScenes", "SceneConfig",
 ]

@@ -21,19 +21,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from .recipe import Recipe, attachment, backbone_and_neck, build_detector, pretrained_backbone, train_detector
 from .evaluate import evaluate_detector
+from .recipe import Recipe, attachment, backbone_and_neck, build_detector, pretrained_backbone, train_detector
+from .results import ABOUT, Measured, load_results, read_accuracy
 
 __all__ = ["run_one", "run_many", "pending", "summarize", "load_results", "estimate_seconds", "save_estimates",
            "ABOUT"]
-
-ABOUT = (
-    "fpn_zoo accuracy benchmark: FCOS (torchvision, via fpn_zoo.create_detector) on a half-width resnet18 "
-    "pretrained once on single-digit classification, every neck projected to a 64-channel head, trained on "
-    "fresh 128 px scenes of scikit-learn's handwritten digits and evaluated by pycocotools on fixed test "
-    "scenes (areas: small < 16^2, medium 16^2-32^2, large > 32^2). Produced by `fpn-zoo accuracy`."
-)
-
 
 def _versions() -> Dict[str, str]:
     import sklearn
@@ -99,7 +92,11 @@ def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Calla
     }
 
 
-def estimate_seconds(neck: str, recipe: Recipe = Recipe(), timed_steps: int = 5,
+#: training steps :func:`estimate_seconds` times (after one untimed step)
+ESTIMATE_TIMED_STEPS = 5
+
+
+def estimate_seconds(neck: str, recipe: Recipe = Recipe(), timed_steps: int = ESTIMATE_TIMED_STEPS,
                      eval_scenes: int = 20) -> Dict[str, float]:
     """How long one run of ``neck`` under ``recipe`` takes on this machine, at the current thread count.
 
@@ -119,17 +116,6 @@ def estimate_seconds(neck: str, recipe: Recipe = Recipe(), timed_steps: int = 5,
     evaluations = -(-recipe.steps // recipe.eval_every) if recipe.eval_every else 1
     return {"train": timed["seconds"] / timed_steps * recipe.steps,
             "eval": per_scene * recipe.test_scenes * evaluations}
-
-
-def load_results(path: Path) -> Dict[str, Any]:
-    """The results file's contents (an empty table when it does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return {"about": ABOUT, "results": []}
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise ValueError(f"{path} is no fpn_zoo accuracy results file (expected {{'about', 'results': [...]}})")
-    return data
 
 
 @contextmanager
@@ -210,24 +196,17 @@ def pending(necks: Sequence[str], seeds: Sequence[int], path: Path, recipe: Reci
 
 
 def summarize(path: Path, recipe: Recipe = Recipe(), necks: Optional[Sequence[str]] = None) -> List[List[str]]:
-    """Table rows ``[neck, seeds, AP, AP_small, agnostic AP, train seconds]`` (mean +- sample std over seeds)."""
-    import statistics
+    """Table rows ``[neck, seeds, AP, AP_small, agnostic AP, train seconds]`` (mean +- sample std over seeds),
+    best AP first."""
+    acc = read_accuracy(path, recipe.key())
+    measured = [m for m in acc.by_neck.values() if necks is None or m.name in necks]
 
-    by_neck: Dict[str, List[Dict[str, Any]]] = {}
-    for r in load_results(path)["results"]:
-        if r["recipe_key"] == recipe.key() and not r.get("neck_args") and (necks is None or r["neck"] in necks):
-            by_neck.setdefault(r["neck"], []).append(r)
+    def stat(m: Measured, metric: str) -> str:
+        mean, std = m.mean(metric), m.std(metric)
+        return f"{mean:.3f}" if std is None else f"{mean:.3f} +- {std:.3f}"
 
-    def stat(runs: List[Dict[str, Any]], metric: str) -> str:
-        values = [run["metrics"][metric] for run in runs]
-        mean = statistics.fmean(values)
-        return f"{mean:.3f} +- {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
-
-    rows = []
-    for neck, runs in sorted(by_neck.items(), key=lambda kv: -statistics.fmean(r["metrics"]["AP"] for r in kv[1])):
-        rows.append([neck, str(len(runs)), stat(runs, "AP"), stat(runs, "AP_small"), stat(runs, "agnostic_AP"),
-                     f"{statistics.fmean(r['train_seconds'] for r in runs):.0f}"])
-    return rows
+    return [[m.name, str(m.n), stat(m, "AP"), stat(m, "AP_small"), stat(m, "agnostic_AP"),
+             f"{m.cost('train_seconds'):.0f}"] for m in sorted(measured, key=lambda m: -(m.mean("AP") or 0.0))]
 
 
 def run_many(necks: Sequence[str], seeds: Sequence[int], path: Path, recipe: Recipe = Recipe(), jobs: int = 1,

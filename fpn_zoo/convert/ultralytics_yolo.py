@@ -13,7 +13,7 @@ C2PSA layers that end the backbone (they run on the coarsest map only). Anything
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn

@@ -2,10 +2,11 @@
 
 The results file (``docs/accuracy.json``, written by ``fpn-zoo accuracy``; :mod:`fpn_zoo.accuracy.runner`) holds
 one record per (neck, seed, recipe). The pages use the records of the published recipe
-(``fpn_zoo.accuracy.Recipe().key()``) without ``neck_args``; a missing file means nothing is measured yet.
+(``fpn_zoo.accuracy.Recipe().key()``) without ``neck_args``, grouped by :class:`fpn_zoo.accuracy.Accuracy`; a
+missing file means nothing is measured yet.
 
 Numbers are on pycocotools' 0-1 scale, three decimals: the mean over seeds and the sample standard deviation
-(``statistics.stdev``), which needs two seeds. A difference between two variants is called one only when
+(:class:`fpn_zoo.accuracy.Measured`), which needs two seeds. A difference between two variants is called one only when
 :func:`compare` finds it larger than twice the larger of the two stds, both with at least two seeds.
 
 The plots (:class:`Png`) are rendered by matplotlib (Agg) when written; :func:`~tools.docs_gen.files.check`
@@ -14,11 +15,12 @@ only checks they exist, since their bytes follow matplotlib's version and the me
 from __future__ import annotations
 
 import io
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from fpn_zoo.accuracy.results import Accuracy, Measured, read_accuracy
 
 from .markdown import GENERATED_NOTE, NECK_DIR, latency_cell, md_table, mparams
 from .measuring import VariantDoc
@@ -48,81 +50,6 @@ class Png:
     """A generated image: rendered only when written (``render() -> bytes``); ``check`` verifies it exists."""
 
     render: Callable[[], bytes] = field(repr=False)
-
-
-@dataclass
-class Measured:
-    """One variant's runs under the published recipe."""
-
-    name: str
-    runs: List[Dict[str, Any]]
-
-    @property
-    def n(self) -> int:
-        return len(self.runs)
-
-    def values(self, metric: str) -> List[float]:
-        return [float(r["metrics"][metric]) for r in self.runs if metric in r.get("metrics", {})]
-
-    def mean(self, metric: str = "AP") -> Optional[float]:
-        v = self.values(metric)
-        return statistics.fmean(v) if v else None
-
-    def std(self, metric: str = "AP") -> Optional[float]:
-        """Sample std over seeds; None with fewer than two."""
-        v = self.values(metric)
-        return statistics.stdev(v) if len(v) >= 2 else None
-
-    def cost(self, key: str) -> Optional[float]:
-        v = [float(r[key]) for r in self.runs if r.get(key) is not None]
-        return statistics.fmean(v) if v else None
-
-    def inputs(self) -> str:
-        """What the neck read (the runs' ``inputs``; runs from before it was recorded read the four levels)."""
-        return " / ".join(sorted({INPUTS[r.get("inputs", "levels")] for r in self.runs}))
-
-    def curve(self, metric: str = "AP") -> List[Tuple[int, float]]:
-        """``(step, mean over the seeds that evaluated at that step)``, by step."""
-        at: Dict[int, List[float]] = {}
-        for r in self.runs:
-            for step, m in r.get("curve", []):
-                if metric in m:
-                    at.setdefault(int(step), []).append(float(m[metric]))
-        return [(s, statistics.fmean(v)) for s, v in sorted(at.items())]
-
-
-@dataclass
-class Accuracy:
-    """The results of one recipe, by variant."""
-
-    recipe_key: str
-    by_neck: Dict[str, Measured] = field(default_factory=dict)
-    recipe: Dict[str, Any] = field(default_factory=dict)
-    about: str = ""
-    source: str = ""
-    others: int = 0  # records of other recipes or with neck_args: not shown
-    estimates: Dict[str, float] = field(default_factory=dict)  # minutes per run (`fpn-zoo accuracy --estimate`)
-
-    def get(self, name: str) -> Optional[Measured]:
-        return self.by_neck.get(name)
-
-    def __bool__(self) -> bool:
-        return bool(self.by_neck)
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any], recipe_key: Optional[str] = None, source: str = "") -> "Accuracy":
-        key = recipe_key if recipe_key is not None else published_key()
-        acc = cls(key, recipe=dict(data.get("recipes", {}).get(key, {})), about=str(data.get("about", "")),
-                  source=source)
-        acc.estimates = {n: float(e["minutes"]) for n, e in data.get("estimates", {}).get(key, {}).items()}
-        for r in data.get("results", []):
-            if r.get("recipe_key") == key and not r.get("neck_args"):
-                acc.by_neck.setdefault(r["neck"], Measured(r["neck"], [])).runs.append(r)
-            else:
-                acc.others += 1
-        for m in acc.by_neck.values():
-            m.runs.sort(key=lambda r: int(r.get("seed", 0)))
-        return acc
 
 
 def leave_one_out(acc: Accuracy, min_seeds: int = REPRO_MIN_SEEDS) -> List[Tuple[str, int, float]]:
@@ -158,13 +85,6 @@ def reproducibility_text(acc: Accuracy) -> str:
     return text + "\n"
 
 
-def published_key() -> str:
-    """The key of the published recipe, ``Recipe().key()``."""
-    from fpn_zoo.accuracy.recipe import Recipe
-
-    return Recipe().key()
-
-
 def load_accuracy(source: Union[str, Path, Mapping[str, Any], Accuracy, None] = None,
                   recipe_key: Optional[str] = None) -> Accuracy:
     """The results in ``source``: a path (default ``docs/accuracy.json`` of the checkout), the file's parsed
@@ -177,16 +97,15 @@ def load_accuracy(source: Union[str, Path, Mapping[str, Any], Accuracy, None] = 
         from .files import default_docs_dir
 
         source = default_docs_dir() / RESULTS_NAME
-    path = Path(source)
-    if not path.is_file():
-        return Accuracy(recipe_key if recipe_key is not None else published_key(), source=str(path))
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise ValueError(f"{path} is no fpn_zoo accuracy results file (expected {{'about', 'results': [...]}})")
-    return Accuracy.from_data(data, recipe_key, source=str(path))
+    return read_accuracy(source, recipe_key)
 
 
 # --- cells and sentences ---------------------------------------------------------------------------------------
+
+
+def inputs_text(m: Measured) -> str:
+    """What the neck read (the runs' ``inputs``; runs from before it was recorded read the four levels)."""
+    return " / ".join(sorted({INPUTS[r.get("inputs", "levels")] for r in m.runs}))
 
 
 def num(x: Optional[float]) -> str:
@@ -261,7 +180,7 @@ def page_section(name: str, acc: Accuracy) -> str:
     m = acc.get(name)
     out = ["## Accuracy\n"]
     if m is None:
-        out.append(f"Not measured yet by the [accuracy benchmark](../accuracy.md). To measure it (the `bench` extra; "
+        out.append("Not measured yet by the [accuracy benchmark](../accuracy.md). To measure it (the `bench` extra; "
                    "then `python -m tools.docs_gen` updates the pages):\n")
         out.append(f"```\n{measure_command(name)}\n```\n")
         return "\n".join(out)
@@ -458,7 +377,7 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
                          *[num(m.mean(k)) for k in METRIC_COLUMNS],
                          mparams(int(m.cost("neck_params"))) if m.cost("neck_params") is not None else DASH,
                          f"{m.cost('neck_gflops'):.3f}" if m.cost("neck_gflops") is not None else DASH,
-                         latency_cell(latency.get(m.name)), m.inputs()])
+                         latency_cell(latency.get(m.name)), inputs_text(m)])
         out.append(md_table(["variant", "seeds", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
                              "agnostic AP", "neck params (M)", "neck GFLOPs", "CPU latency", "inputs"], rows,
                             "lrrrrrrrrrrrl"))
@@ -477,7 +396,7 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
     else:
         out.append("Every registered variant is measured.\n")
     if unknown:
-        out.append(f"The results file also holds runs of names that are not registered variants (not shown): "
+        out.append("The results file also holds runs of names that are not registered variants (not shown): "
                    + ", ".join(f"`{n}`" for n in unknown) + ".\n")
     if acc.others:
         out.append(f"{acc.others} run{'s' if acc.others != 1 else ''} of other recipes or with overridden neck "
