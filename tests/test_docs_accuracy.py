@@ -97,6 +97,15 @@ def test_reproducibility_section_holds_every_held_out_run_to_the_tolerance(resul
     assert f"±{REPRO_TOLERANCE}" in section
     assert "7 of 9 held-out runs" in section  # pan: seeds 0 and 1 are 0.06 from the mean of the other two
     assert "Not held to it: [pan_bn_lrelu_64]" in section and "fpn_bn_lrelu_128" not in section
+    assert "more than one machine" not in section  # every run from one (unrecorded) CPU
+
+
+def test_reproducibility_section_says_when_the_runs_come_from_several_cpus(results):
+    data = json.loads(results.read_text())
+    for r in data["results"][:2]:
+        r["cpu"] = "Some CPU, AVX512"
+    section = generate(data)["accuracy.md"].split("## Reproducibility")[1].split("##")[0]
+    assert "more than one machine" in section and "Some CPU, AVX512: 2" in section
 
 
 def test_the_unmeasured_carry_their_estimates_and_the_whole_table_its_time(results):

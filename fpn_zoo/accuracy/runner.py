@@ -46,6 +46,17 @@ def _versions() -> Dict[str, str]:
     return out
 
 
+def _cpu() -> str:
+    """The CPU a run was measured on: its model name and the vector ISA PyTorch dispatches to ("AMD EPYC, AVX2")."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _cost(model: torch.nn.Module, canvas: int) -> Dict[str, float]:
     from ..measure import count_flops
 
@@ -88,6 +99,7 @@ def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Calla
         "threads": torch.get_num_threads(), "losses": trained["losses"],
         "curve": [[s, {"AP": m["AP"], "agnostic_AP": m["agnostic_AP"]}] for s, m in trained["curve"]],
         "versions": _versions(), "machine": platform.machine(), "processor": platform.processor() or "",
+        "cpu": _cpu(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
