@@ -12,7 +12,7 @@ from conftest import backbone, features
 from fpn_zoo.graph import Node, Topology
 from fpn_zoo.graph import stack_cells
 from fpn_zoo.layers.blocks import ActConvNorm
-from fpn_zoo.layers.fusion import weighted_sum
+from fpn_zoo.layers.fusion import WeightedFusion, weighted_sum
 from fpn_zoo.necks.bifpn import bifpn_cell, bifpn_topology
 
 CHANNELS = [24, 40, 80]
@@ -123,6 +123,25 @@ def test_weighted_sum_with_frozen_weights_or_maps():
     assert torch.equal(g, torch.full_like(g, 0.25))
     with torch.no_grad():
         assert (weighted_sum(xs, w) - (xs[0] * 0.25 + xs[1] * 0.75)).abs().max() <= 1e-15  # a fused multiply-add may round once
+
+
+@pytest.mark.parametrize("method", ["fast_attn", "attn"])
+def test_cpu_inference_weights_are_the_tensor_path_in_float64(method):
+    """Inference on the CPU normalises the weights as Python numbers: the same values as the tensor path (to
+    float64 rounding), including negative weights that fast_attn's ReLU zeroes; outputs to float32 rounding."""
+    fuse = WeightedFusion(3, method)
+    with torch.no_grad():
+        fuse.weight.copy_(torch.tensor([0.7, -0.2, 1.9]))
+    ref = fuse.normalized_weights(torch.float64)
+    assert max(abs(a - b) for a, b in zip(fuse.float_weights(), ref.tolist())) <= 1e-15
+    xs = [torch.randn(2, 4, 5, 6) for _ in range(3)]
+    with torch.no_grad():
+        fast = fuse(xs)
+    exact = sum(x.double() * w for x, w in zip(xs, ref.tolist()))
+    # float32 rounding: the weights (sum, eps, divide: 4 roundings), each product (1), the running sum (2)
+    bound = 8 * torch.finfo(torch.float32).eps * sum(x.double().abs() * abs(w) for x, w in zip(xs, ref.tolist()))
+    assert ((fast.double() - exact).abs() <= bound).all()
+    assert ((fuse(xs).double() - exact).abs() <= bound).all()  # with autograd: the tensor path
 
 
 def test_bf16_autocast():
