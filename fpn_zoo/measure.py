@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ._utils import close_matches
 
 __all__ = [
     "DEFAULT_BACKBONE", "DEFAULT_OUT_INDICES", "DEFAULT_SIZE", "Reference", "NeckStats", "load_backbone",
-    "backbone_features", "count_params", "count_flops", "time_interleaved", "neck_stats", "parse_size",
+    "backbone_features", "count_params", "count_flops", "time_interleaved", "neck_stats", "parse_size", "cpu_name",
 ]
 
 DEFAULT_BACKBONE = "resnet18"
@@ -84,6 +85,17 @@ class NeckStats:
     @property
     def gflops(self) -> float:
         return self.flops / 1e9
+
+
+def cpu_name() -> str:
+    """The CPU timings come from: its model name and the vector ISA PyTorch dispatches to ("AMD EPYC, AVX2")."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def parse_size(text: Union[str, int, Sequence[int]]) -> Tuple[int, int]:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
+from ..measure import cpu_name
 from .evaluate import evaluate_detector
 from .recipe import Recipe, attachment, backbone_and_neck, build_detector, pretrained_backbone, train_detector
 from .results import ABOUT, Measured, load_results, read_accuracy
@@ -44,17 +45,6 @@ def _versions() -> Dict[str, str]:
     except Exception:  # pragma: no cover - pycocotools installed without metadata
         out["pycocotools"] = "unknown"
     return out
-
-
-def _cpu() -> str:
-    """The CPU a run was measured on: its model name and the vector ISA PyTorch dispatches to ("AMD EPYC, AVX2")."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _cost(model: torch.nn.Module, canvas: int) -> Dict[str, float]:
@@ -99,7 +89,7 @@ def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Calla
         "threads": torch.get_num_threads(), "losses": trained["losses"],
         "curve": [[s, {"AP": m["AP"], "agnostic_AP": m["agnostic_AP"]}] for s, m in trained["curve"]],
         "versions": _versions(), "machine": platform.machine(), "processor": platform.processor() or "",
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
