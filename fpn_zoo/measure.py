@@ -88,14 +88,14 @@ class NeckStats:
 
 
 def cpu_name() -> str:
-    """The CPU timings come from: its model name and the vector ISA PyTorch dispatches to ("AMD EPYC, AVX2")."""
+    """The CPU timings come from: its model name and the vector ISA PyTorch dispatches to ("AMD EPYC (AVX2)")."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def parse_size(text: Union[str, int, Sequence[int]]) -> Tuple[int, int]:

@@ -103,9 +103,9 @@ def test_reproducibility_section_holds_every_held_out_run_to_the_tolerance(resul
 def test_reproducibility_section_says_when_the_runs_come_from_several_cpus(results):
     data = json.loads(results.read_text())
     for r in data["results"][:2]:
-        r["cpu"] = "Some CPU, AVX512"
+        r["cpu"] = "Some CPU (AVX512)"
     section = generate(data)["accuracy.md"].split("## Reproducibility")[1].split("##")[0]
-    assert "more than one machine" in section and "Some CPU, AVX512: 2" in section
+    assert "more than one machine" in section and "2 on Some CPU (AVX512)" in section
 
 
 def test_the_unmeasured_carry_their_estimates_and_the_whole_table_its_time(results):

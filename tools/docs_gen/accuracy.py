@@ -42,7 +42,7 @@ DASH = "—"
 # leave-one-out deviation; the variants that break it are named).
 REPRO_TOLERANCE = 0.015
 REPRO_MIN_SEEDS = 3
-UNRECORDED_CPU = "CPU not recorded"  # runs from before the results recorded their CPU
+UNRECORDED_CPU = "an unrecorded CPU"  # runs from before the results recorded their CPU
 INPUTS = {"levels": "C2-C5", "c3_c5": "C3-C5", "fpn_first": "FPN first", "last_stage": "C5"}
 METRIC_COLUMNS = ("AP50", "AP75", "AP_small", "AP_medium", "AP_large", "agnostic_AP")
 
@@ -83,8 +83,8 @@ def reproducibility_text(acc: Accuracy) -> str:
             f"{worst[2]:+.3f} ({worst[0]}, seed {worst[1]}).")
     cpus = Counter(r.get("cpu", UNRECORDED_CPU) for m in acc.by_neck.values() for r in m.runs)
     if len(cpus) > 1:
-        text += (" The runs come from more than one machine (" + "; ".join(f"{c}: {n}" for c, n in cpus.most_common())
-                 + " runs), so these deviations include the machines' differences.")
+        text += (" The runs come from more than one machine (" + ", ".join(f"{n} on {c}" for c, n in cpus.most_common())
+                 + "), so these deviations include the machines' differences.")
     if broken:
         text += (" Not held to it: " + ", ".join(f"[{n}]({NECK_DIR}/{n}.md)" for n in broken)
                  + f" (a held-out run more than {REPRO_TOLERANCE} from the others: its result depends on the seed).")
