@@ -404,7 +404,8 @@ def _estimate_accuracy(names: List[str], args: argparse.Namespace, recipe: Any, 
         torch.set_num_threads(old_threads)
         if estimates:
             save_estimates(path, recipe, estimates, args.threads)
-    print(f"# estimated from {ESTIMATE_TIMED_STEPS} timed training steps per neck at {args.threads} thread(s) (recipe {recipe.key()})")
+    print(f"# estimated from {ESTIMATE_TIMED_STEPS} timed training steps per neck at {args.threads} thread(s) "
+          f"(recipe {recipe.key()})")
     print(format_table(["neck", "runs left", "train (min/run)", "eval (min/run)", "total (min)"], rows, "lrrrr"))
     print(f"total: {total / 60:.1f} h of runs; with --jobs {args.jobs}: about {total / 60 / args.jobs:.1f} h "
           "(runs side by side slow each other a little)")

@@ -18,6 +18,7 @@ from .scenes import DigitScenes, SceneConfig
 
 __all__ = [
     "METRICS", "coco_metrics", "evaluate_detector", "ATTACHMENTS", "Recipe", "attachment", "build_detector",
-    "pretrained_backbone", "train_detector", "Accuracy", "Measured", "load_results", "read_accuracy", "pending", "run_many", "run_one", "summarize",
+    "pretrained_backbone", "train_detector", "Accuracy", "Measured", "load_results", "read_accuracy", "pending",
+    "run_many", "run_one", "summarize",
     "DigitScenes", "SceneConfig",
 ]

@@ -36,6 +36,13 @@ def _accumulate(w: torch.Tensor, xs: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def _plain_sum(xs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    out = xs[0] * w[0]
+    for k in range(1, len(xs)):
+        out = out + xs[k] * w[k]
+    return out
+
+
 def _needs_autograd(xs: Sequence[torch.Tensor], w: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (w.requires_grad or any(x.requires_grad for x in xs))
 
@@ -57,10 +64,7 @@ def weighted_sum(xs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     measured no faster in training (1.00x at 512 px, 1.06x slower at 256 px, where its Python backward costs).
     """
     if is_compiling() or _needs_autograd(xs, w):
-        out = xs[0] * w[0]
-        for k in range(1, len(xs)):
-            out = out + xs[k] * w[k]
-        return out
+        return _plain_sum(xs, w)
     return _accumulate(w, xs)
 
 
@@ -94,16 +98,19 @@ class WeightedFusion(nn.Module):
         if self.method == "attn":
             top = max(raw)
             exps = [math.exp(v - top) for v in raw]
-            return [e / sum(exps) for e in exps]
+            total = sum(exps)
+            return [e / total for e in exps]
         w = [max(v, 0.0) for v in raw]
         total = sum(w) + self.eps
         return [v / total for v in w]
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
         w = self.weight
-        if w.device.type == "cpu" and not (is_compiling() or torch.jit.is_tracing() or _needs_autograd(xs, w)):
-            return scaled_sum(xs, self.float_weights())  # reading the weights is free on the CPU; traces keep ops
-        return weighted_sum(xs, self.normalized_weights(xs[0].dtype))
+        if is_compiling() or _needs_autograd(xs, w):
+            return _plain_sum(xs, self.normalized_weights(xs[0].dtype))
+        if w.device.type == "cpu" and not torch.jit.is_tracing():  # reading the weights is free on the CPU
+            return scaled_sum(xs, self.float_weights())
+        return _accumulate(self.normalized_weights(xs[0].dtype), xs)  # other devices, and traces, keep tensor ops
 
 
 class ConcatFusion(nn.Module):
