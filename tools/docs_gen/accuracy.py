@@ -336,6 +336,25 @@ def _recipe_text() -> str:
     )
 
 
+#: A variant whose mean AP is below this fraction of its mean class-agnostic AP is named under the table: its
+#: detector finds the digits but had not learned to name them within the budget.
+LAGGING_CLASSIFICATION = 0.5
+
+
+def lagging_classification_text(measured: Sequence[Measured]) -> str:
+    """The sentence naming the variants whose AP is far below their class-agnostic AP ('' when there are none)."""
+    lagging = [m for m in measured if m.mean() is not None and m.mean("agnostic_AP")
+               and m.mean() < LAGGING_CLASSIFICATION * m.mean("agnostic_AP")]
+    if not lagging:
+        return ""
+    items = ", ".join(f"[{m.name}]({NECK_DIR}/{m.name}.md) (AP {m.mean():.3f}, agnostic AP "
+                      f"{m.mean('agnostic_AP'):.3f}; reads {inputs_text(m)})" for m in lagging)
+    return (f"**Classification lags localisation** where AP is below {LAGGING_CLASSIFICATION:g}x the class-agnostic "
+            f"AP: {items}. The detector finds the digits but had not learned to tell them apart by the end of the "
+            "budget, so these rows rank how fast the head learns to classify from the neck's maps as much as how "
+            "well the maps localise; compare their agnostic AP with the others'.\n")
+
+
 def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[str, float]) -> str:
     names = [d.cfg.name for d in docs]
     measured = sorted((acc.by_neck[n] for n in names if n in acc.by_neck),
@@ -387,6 +406,9 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
         out.append(md_table(["variant", "seeds", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
                              "agnostic AP", "neck params (M)", "neck GFLOPs", "CPU latency", "inputs"], rows,
                             "lrrrrrrrrrrrl"))
+        lagging = lagging_classification_text(measured)
+        if lagging:
+            out.append("\n" + lagging)
         out.append("\n## AP against latency\n")
         out.append("Each measured variant's AP (error bars: std over seeds) against its CPU latency; the red step "
                    "line is the Pareto front, the highest AP reached at a given latency, its variants ringed.\n")
