@@ -217,3 +217,13 @@ def test_variants_whose_classification_lags_are_named_under_the_table(results):
     note = text.split("## Results")[1].split("## AP against")[0].split("Classification lags")[1]
     assert "[fpn_bn_lrelu_256](necks/fpn_bn_lrelu_256.md) (AP 0.050, agnostic AP 0.600" in note
     assert "fpn_bn_lrelu_64]" not in note and "fpn_bn_lrelu_128" not in note
+
+
+def test_kept_latency_is_written_and_only_the_variants_without_one_are_timed(results):
+    files = docs_gen.generate(["fpn_bn_lrelu_64", "fpn_bn_lrelu_128"], reference=SMALL, latency_reps=1,
+                              results=results, questions=False, parity=False, accuracy=False,
+                              known_latency={"fpn_bn_lrelu_64": 123.0})
+    rows = table_rows(files["variants.md"])
+    assert "123.00 ms" in rows["fpn_bn_lrelu_64"]
+    timed = [c for c in rows["fpn_bn_lrelu_128"] if c.endswith(" ms")]
+    assert timed and timed[0] not in ("n/a ms", "123.00 ms")

@@ -94,13 +94,14 @@ def generate(
         threads: torch CPU threads while measuring (None: leave as is).
         progress: called as ``progress(done, total, what)`` after each step.
         known_latency: ``{variant: ms}`` to write instead of measuring (``--keep-latency``: the published
-            figures, when the machine is busy with something else); ``latency_reps`` is then ignored.
+            figures, when the machine is busy with something else); only the variants it lacks (new ones) are
+            timed, ``latency_reps`` rounds.
     """
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        files = _generate(names, reference, fallbacks, 0 if known_latency is not None else latency_reps, questions,
+        files = _generate(names, reference, fallbacks, latency_reps, questions,
                           parity, progress, accuracy, load_accuracy(results), known_latency)
         if parity:
             files["parity.md"] = render_parity()
@@ -134,28 +135,26 @@ def _generate(names: Union[str, Sequence[str], None], reference: Reference, fall
             q.error = str(e)
         step(q.key)
 
-    latency: Dict[str, float] = {}
-    q_latency: Dict[str, float] = {}
+    known = dict(known_latency or {})
+    latency = {d.cfg.name: known[d.cfg.name] for d in docs if d.cfg.name in known}
+    q_latency = {q.key: known[q.variant] for q in qs.values() if q.variant in known}
     if latency_reps > 0:
         fns: Dict[str, Callable[[], Any]] = {}
         timed: Dict[int, str] = {}  # id(neck) -> key in fns: each distinct module is timed once
         owners: Dict[str, str] = {}  # "v:<variant>" / "q:<question>" -> key in fns
-        for prefix, items in (("v", [(d.cfg.name, d.neck, d.reference) for d in docs]),
-                              ("q", [(q.key, q.neck, reference) for q in qs.values()])):
+        for prefix, items, have in (("v", [(d.cfg.name, d.neck, d.reference) for d in docs], latency),
+                                    ("q", [(q.key, q.neck, reference) for q in qs.values()], q_latency)):
             for key, neck, ref in items:
-                if neck is None or ref is None:
+                if neck is None or ref is None or key in have:
                     continue
                 if id(neck) not in timed:
                     timed[id(neck)] = key
                     fns[key] = _forward(neck, bench.get(ref)[1])
                 owners[f"{prefix}:{key}"] = timed[id(neck)]
         total = done + len(fns) * latency_reps
-        seconds = time_interleaved(fns, reps=latency_reps, warmup=1, on_step=step)
-        latency = {k[2:]: seconds[v] * 1e3 for k, v in owners.items() if k.startswith("v:")}
-        q_latency = {k[2:]: seconds[v] * 1e3 for k, v in owners.items() if k.startswith("q:")}
-    elif known_latency is not None:
-        latency = {d.cfg.name: known_latency[d.cfg.name] for d in docs if d.cfg.name in known_latency}
-        q_latency = {q.key: known_latency[q.variant] for q in qs.values() if q.variant in known_latency}
+        seconds = time_interleaved(fns, reps=latency_reps, warmup=1, on_step=step) if fns else {}
+        latency.update({k[2:]: seconds[v] * 1e3 for k, v in owners.items() if k.startswith("v:")})
+        q_latency.update({k[2:]: seconds[v] * 1e3 for k, v in owners.items() if k.startswith("q:")})
 
     files: Dict[str, Any] = {
         "index.md": render_index(docs, reference, bool(qs), parity, accuracy),

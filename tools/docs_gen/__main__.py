@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"accuracy results (default: the checkout's docs/{RESULTS_NAME}; absent: none measured)")
     parser.add_argument("--reps", type=_positive, default=5, help="latency rounds (default 5)")
     parser.add_argument("--keep-latency", action="store_true",
-                        help="reuse the latency of docs/variants.md instead of measuring (new variants get n/a): "
+                        help="reuse the latency of docs/variants.md and time only the variants it lacks (new ones): "
                         "for regenerating while the machine is busy")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
