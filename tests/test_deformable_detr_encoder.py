@@ -121,3 +121,19 @@ def test_no_layers_is_the_projection_only():
 def test_bad_knobs_are_clear_errors(kwargs, error, message):
     with pytest.raises(error, match=message):
         fpn_zoo.create_neck("deformable_detr_encoder", [8, 16, 32], **kwargs)
+
+
+def test_torch_export_with_dynamic_batch_and_sizes():
+    """The default export check (the generic one in tests/test_export.py, 4 levels, is sweep-only): one backbone
+    level and one extra, dynamic batch and sizes, checked at another batch and an odd size."""
+    torch.manual_seed(0)
+    neck = fpn_zoo.create_neck("deformable_detr_encoder", FeatureSpec((8,), (16,)), out_channels=32, num_heads=4,
+                               num_points=2, num_layers=1, ffn_channels=16, norm_kwargs={"num_groups": 8}).eval()
+    with torch.no_grad():  # offsets that depend on the query
+        neck.layers[0].self_attn.sampling_offsets.weight.normal_(0, 0.5)
+    dims = [{0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}]
+    program = torch.export.export(neck, ([torch.randn(2, 8, 6, 8)],), dynamic_shapes=(dims,))
+    other = [torch.randn(3, 8, 9, 5)]
+    with torch.no_grad():
+        for got, expected in zip(program.module()(other), neck(other), strict=True):
+            assert got.shape == expected.shape and (got - expected).abs().max().item() <= 1e-5

@@ -63,20 +63,22 @@ Shapes = List[Tuple[int, int]]
 
 
 def sine_position_embedding(height: int, width: int, channels: int, temperature: float, offset: float,
-                            dtype: torch.dtype, device: Optional[torch.device] = None) -> torch.Tensor:
+                            dtype: torch.dtype, device: Optional[torch.device] = None,
+                            dim_t: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``(height * width, channels)`` normalized 2-D sine embedding, rows first: ``[PE(y), PE(x)]``.
 
     ``y = (row + 1 + offset) / (height + 1e-6) * 2 pi`` (likewise ``x``); each half interleaves
-    ``sin(t / T^(2k / half)), cos(t / T^(2k / half))``. Computed in float64, returned in ``dtype``.
+    ``sin(t / T^(2k / half)), cos(t / T^(2k / half))``. Computed in float64, returned in ``dtype``. ``dim_t``:
+    the ``channels // 4`` divisors ``T^(2k / half)``, when the caller computed them already (once per forward).
     """
     half = channels // 2
-    exponent = 2 * torch.div(torch.arange(half, device=device), 2, rounding_mode="floor").to(torch.float64) / half
-    dim_t = temperature ** exponent
+    if dim_t is None:
+        dim_t = temperature ** (torch.arange(0, half, 2, dtype=torch.float64, device=device) / half)
 
     def embed(n: int) -> torch.Tensor:  # (n, half)
         t = (torch.arange(1, n + 1, dtype=torch.float64, device=device) + offset) / (n + 1e-6) * (2 * math.pi)
         t = t[:, None] / dim_t
-        return torch.stack((t[:, 0::2].sin(), t[:, 1::2].cos()), dim=2).flatten(1)
+        return torch.stack((t.sin(), t.cos()), dim=2).flatten(1)
 
     pos_y = embed(height)[:, None, :].expand(height, width, half)
     pos_x = embed(width)[None, :, :].expand(height, width, half)
@@ -251,8 +253,9 @@ class DeformableDETREncoder(nn.Module):
         shapes: Shapes = [(x.shape[-2], x.shape[-1]) for x in maps]
         b, c = maps[0].shape[:2]
         tokens = torch.cat([x.flatten(2).transpose(1, 2) for x in maps], dim=1)
+        dim_t = self.temperature ** (torch.arange(0, c // 2, 2, dtype=torch.float64, device=tokens.device) / (c // 2))
         pos = torch.cat([sine_position_embedding(h, w, c, self.temperature, self.position_offset, tokens.dtype,
-                                                 tokens.device) + self.level_embed[level]
+                                                 tokens.device, dim_t) + self.level_embed[level]
                          for level, (h, w) in enumerate(shapes)], dim=0).unsqueeze(0)
         ref = reference_points(shapes, tokens.dtype, tokens.device)
         for layer in self.layers:
