@@ -85,6 +85,13 @@ def test_unsupported_configurations_name_the_attribute(overrides, message):
         from_module(deformable_detr_model(torch.float32, **overrides))
 
 
+def test_the_features_hint_sets_strides_and_must_match_the_channels():
+    model = deformable_detr_model(torch.float32)
+    assert from_module(model, features=FeatureSpec((16, 24, 32), (4, 8, 16))).feature_info.reduction() == [4, 8, 16, 32]
+    with pytest.raises(ValueError, match="features have channels"):
+        from_module(model, features=[16, 24, 48])
+
+
 def test_one_vit_level_nhwc_odd_sizes_feature_info_and_gradients():
     spec = FeatureSpec((24,), (16,), "NHWC")
     neck = fpn_zoo.create_neck("dino_encoder", spec, out_channels=32, num_heads=4, num_points=2, num_layers=1,

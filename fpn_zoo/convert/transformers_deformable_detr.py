@@ -21,7 +21,8 @@ from torch import nn
 from .._features import FeatureSpec
 from ..necks.deformable_detr_encoder import DeformableDETREncoder, deformable_detr_encoder
 from .dispatch import load_exact, match_peer, register_converter
-from .transformers_rtdetr import _act, _require
+from .mmdet_families import _require, _spec
+from .transformers_rtdetr import _act
 
 __all__ = ["from_transformers_deformable_detr"]
 
@@ -47,7 +48,8 @@ def from_transformers_deformable_detr(peer: nn.Module, features: Any = None) -> 
 
     Args:
         peer: a ``DeformableDetrForObjectDetection`` or ``DeformableDetrModel``.
-        features: the backbone levels it will run on (for the true strides); default strides 8, 16, 32 ...
+        features: the backbone levels it will run on (for the true strides); default: levels ending at stride 32
+            (8, 16, 32 for three).
 
     Raises:
         TypeError: not a Deformable DETR model.
@@ -83,12 +85,8 @@ def from_transformers_deformable_detr(peer: nn.Module, features: Any = None) -> 
     _require(all(m.eps == 1e-5 for layer in layers for m in (layer.self_attn_layer_norm, layer.final_layer_norm)),
              "encoder.layers: LayerNorm eps other than 1e-5 does not convert")
     channels = tuple(proj[0].in_channels for proj in projections[:backbone_levels])
-    spec = FeatureSpec.resolve(list(channels))
-    if features is not None:
-        hint = FeatureSpec.resolve(features)
-        _require(hint.channels == channels, f"from_transformers_deformable_detr: features have channels "
-                                            f"{list(hint.channels)}, but the model reads {list(channels)}")
-        spec = hint
+    spec = _spec(channels, None if features is None else FeatureSpec.resolve(features),  # default: ..., C4, C5
+                 "from_transformers_deformable_detr", first_stride=2 ** max(0, 6 - len(channels)))
     neck = deformable_detr_encoder(
         spec, out_channels=hidden, num_layers=len(layers), num_heads=attn.n_heads if attn else 8,
         num_points=attn.n_points if attn else 4, ffn_channels=config.encoder_ffn_dim, extra_levels=extra,
