@@ -33,7 +33,7 @@ _LAYER_RENAMES = (("self_attn.", "self_attn."), ("self_attn_layer_norm.", "attn_
 
 def _layer_key(key: str) -> str:
     index, rest = key.split(".", 1)
-    for theirs, ours in sorted(_LAYER_RENAMES, key=lambda r: -len(r[0])):
+    for theirs, ours in _LAYER_RENAMES:
         if rest.startswith(theirs):
             return f"layers.{index}.{ours}{rest[len(theirs):]}"
     raise ValueError(f"DeformableDetrEncoder: parameter layers.{key} has no fpn_zoo counterpart")
