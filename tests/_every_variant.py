@@ -22,9 +22,9 @@ from conftest import backbone
 
 # The order a variant's backbone is chosen in: the CNN pyramid first (what most users feed).
 KINDS = ("cnn", "vit", "nhwc")
-# The knob that stacks a family's repeated cell: BiFPN / NAS-FPN cells, DyHead blocks, FPG stages (csp_pan's
-# and the YOLO necks' num_blocks count bottlenecks inside one block: not a stack).
-SHALLOW_KNOB = {"dyhead": "num_blocks", "fpg": "stack_times"}
+# The knob that stacks a family's repeated cell: BiFPN / NAS-FPN cells, DyHead blocks, FPG stages, deformable
+# encoder layers (csp_pan's and the YOLO necks' num_blocks count bottlenecks inside one block: not a stack).
+SHALLOW_KNOB = {"dyhead": "num_blocks", "fpg": "stack_times", "deformable_detr_encoder": "num_layers"}
 
 
 def build(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Tuple[torch.nn.Module, str]:

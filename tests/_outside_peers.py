@@ -98,3 +98,50 @@ def run_hooked(model: nn.Module, modules: Sequence[nn.Module], *args) -> List[to
         for h in handles:
             h.remove()
     return [seen[k] for k in range(len(modules))]
+
+
+def deformable_detr_model(dtype: torch.dtype = torch.float64, levels: int = 4, **config_overrides) -> nn.Module:
+    """A small ``DeformableDetrModel`` (tiny ResNet backbone, C3-C5 of 16/24/32 channels, 32-wide encoder of
+    2 layers, 4 heads, 2 points), random init with non-trivial offsets and norms, eval mode.
+
+    ``levels``: feature levels; 3 backbone levels + ``levels - 3`` stride-2 conv levels.
+    """
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrModel
+
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                         out_features=["stage2", "stage3", "stage4"])
+    kwargs = dict(backbone_config=backbone, d_model=32, encoder_layers=2, encoder_attention_heads=4,
+                  encoder_n_points=2, encoder_ffn_dim=48, decoder_layers=1, decoder_attention_heads=4,
+                  decoder_n_points=2, decoder_ffn_dim=32, num_queries=10, num_feature_levels=levels)
+    kwargs.update(config_overrides)
+    torch.manual_seed(0)
+    model = DeformableDetrModel(transformers.DeformableDetrConfig(**kwargs))
+    randomize_norms(model)
+    with torch.no_grad():  # offsets that depend on the query (zero weights at init), reaching past the borders
+        for layer in model.encoder.layers:
+            layer.self_attn.sampling_offsets.weight.normal_(0, 0.5)
+            layer.self_attn.attention_weights.weight.normal_(0, 0.3)
+    return model.to(dtype).eval()
+
+
+def deformable_detr_encoder_outputs(model: nn.Module, maps: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """The peer model's own forward on backbone ``maps`` (its backbone replaced by a stub returning them, an
+    all-valid pixel mask): ``encoder_last_hidden_state`` split back per level into NCHW maps."""
+
+    class Stub(nn.Module):
+        def forward(self, pixel_values):
+            return list(maps)
+
+    real, model.backbone.model = model.backbone.model, Stub()
+    try:
+        b, _, h, w = maps[0].shape
+        with torch.no_grad():
+            memory = model(torch.zeros(b, 3, 8 * h, 8 * w, dtype=maps[0].dtype)).encoder_last_hidden_state
+    finally:
+        model.backbone.model = real
+    shapes = [tuple(x.shape[-2:]) for x in maps]
+    for _ in range(len(model.input_proj) - len(maps)):
+        shapes.append(((shapes[-1][0] + 1) // 2, (shapes[-1][1] + 1) // 2))
+    chunks = memory.split([h * w for h, w in shapes], dim=1)
+    return [t.transpose(1, 2).reshape(b, -1, h, w) for t, (h, w) in zip(chunks, shapes)]

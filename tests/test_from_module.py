@@ -274,11 +274,14 @@ def test_importing_the_converters_does_not_import_the_peers():
 
 def test_from_module_adopts_the_outside_peers_too():
     """ultralytics and transformers necks go through the same one call as torchvision / mmdet / effdet."""
-    from _outside_peers import rtdetr_model, ultralytics_model, upernet_head
-    from fpn_zoo.convert import from_transformers_rtdetr, from_transformers_upernet, from_ultralytics
+    from _outside_peers import deformable_detr_model, rtdetr_model, ultralytics_model, upernet_head
+    from fpn_zoo.convert import (
+        from_transformers_deformable_detr, from_transformers_rtdetr, from_transformers_upernet, from_ultralytics,
+    )
 
     for peer, direct in ((ultralytics_model("yolov8n.yaml"), from_ultralytics),
                          (rtdetr_model(), from_transformers_rtdetr),
+                         (deformable_detr_model(), from_transformers_deformable_detr),
                          (upernet_head([8, 16, 32]), from_transformers_upernet)):
         neck, expected = fpn_zoo.convert.from_module(peer), direct(peer)
         assert type(neck) is type(expected)

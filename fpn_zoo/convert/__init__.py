@@ -7,6 +7,7 @@ from .effdet import from_effdet_bifpn, from_effdet_module
 from .mmdet import from_mmdet_neck, from_mmdet_fpn_module
 from .mmdet_families import from_mmdet_module
 from .torchvision import from_torchvision_fpn, from_torchvision_module
+from .transformers_deformable_detr import from_transformers_deformable_detr
 from .transformers_rtdetr import from_transformers_rtdetr
 from .transformers_upernet import from_transformers_upernet
 from .ultralytics_yolo import from_ultralytics
@@ -14,6 +15,7 @@ from .ultralytics_yolo import from_ultralytics
 __all__ = [
     "from_module", "register_converter", "list_converters", "find_converter", "load_exact",
     "from_effdet_bifpn", "from_effdet_module", "from_mmdet_neck", "from_mmdet_fpn_module", "from_mmdet_module",
-    "from_torchvision_fpn", "from_torchvision_module", "from_transformers_rtdetr", "from_transformers_upernet",
+    "from_torchvision_fpn", "from_torchvision_module", "from_transformers_deformable_detr",
+    "from_transformers_rtdetr", "from_transformers_upernet",
     "from_ultralytics",
 ]

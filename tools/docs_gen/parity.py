@@ -230,6 +230,11 @@ PARITY: Tuple[ParityCase, ...] = (
     ParityCase("rtdetr_encoder", "transformers 5.24 RTDetrHybridEncoder (with RTDetrModel's input projections)",
                "from_module(model)", note="measured in tests/test_rtdetr_encoder.py: float64 <= 1e-15 "
                "(scaled_dot_product_attention vs plain matmuls), float32 0"),
+    ParityCase("deformable_detr_encoder", "transformers 5.25 DeformableDetrModel (input_proj, sine position and level "
+               "embeddings, DeformableDetrEncoder)", "from_module(model)",
+               note="measured in tests/test_deformable_detr_encoder.py on the model's own forward (its backbone "
+                    "stubbed, encoder_last_hidden_state split per level), odd sizes: float64 0, float32 <= 2e-5 on "
+                    "outputs up to 6.5 (the position embedding is computed in float64 here, in float32 there)"),
     ParityCase("upernet", "transformers 5.24 UperNetHead (before its classifier)", "from_module(head)",
                note="measured in tests/test_upernet.py (the head's fused map and its pyramid levels): float64 0, "
                     "float32 0"),

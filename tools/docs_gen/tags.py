@@ -52,7 +52,8 @@ TAGS: Dict[str, Tuple[str, str]] = {  # tag: (group, what it means)
     "pyramid-pooling": ("structure", "pooling at several grid sizes on the coarsest map (PSPNet's PPM, SPPF)"),
     "single-output": ("structure", "returns one fused map rather than one per level"),
     "dilated": ("structure", "dilated residual blocks"),
-    "deformable": ("structure", "deformable convolutions (DCNv2, torchvision.ops.deform_conv2d)"),
+    "deformable": ("structure", "deformable sampling: deformable convolutions (DCNv2, torchvision.ops.deform_conv2d) "
+                                "or multi-scale deformable attention (Deformable DETR)"),
     "upsampling": ("structure", "learned upsampling (deconvolutions) to a finer stride"),
     "refine": ("structure", "gathers all levels to one, refines, and scatters back (balanced pyramid)"),
     "regularization": ("structure", "training-time regularization (DropBlock)"),
@@ -77,6 +78,8 @@ TAGS: Dict[str, Tuple[str, str]] = {  # tag: (group, what it means)
     "ssd": ("reference", "SSD's configuration"),
     "centernet": ("reference", "CenterNet's configuration"),
     "rt-detr": ("reference", "RT-DETR's configuration"),
+    "deformable-detr": ("reference", "Deformable DETR's configuration"),
+    "dino": ("reference", "DINO's (DETR with improved denoising anchor boxes) configuration"),
     "fcos": ("reference", "FCOS's configuration"),
     "upernet": ("reference", "UPerNet's configuration"),
     "original-notes": ("reference", "the design notes this project grew from"),

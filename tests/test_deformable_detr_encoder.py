@@ -1,0 +1,146 @@
+"""Deformable DETR's encoder: ``deformable_detr_encoder`` reproduces transformers' ``DeformableDetrModel`` input
+projections, sine position + level embeddings and ``DeformableDetrEncoder`` weight for weight (through
+``fpn_zoo.convert.from_module``), and behaves like every fpn_zoo neck.
+
+Parity is measured on the model's own forward (its backbone replaced by a stub returning our maps), odd and
+non-square map sizes, offsets reaching past the borders, in float64 (<= 1e-10) and float32 (<= 1e-5 relative to
+the output's scale: each output is LayerNormed, O(1), after a few dozen float32 roundings per layer).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fpn_zoo
+from _outside_peers import deformable_detr_encoder_outputs, deformable_detr_model, max_abs
+from fpn_zoo import FeatureSpec
+from fpn_zoo.convert import from_module
+from fpn_zoo.necks.deformable_detr_encoder import sine_position_embedding
+
+SIZES = [(13, 19), (7, 10), (4, 5)]  # odd and non-square: the extra level is 2 x 3
+CHANNELS = [16, 24, 32]
+
+
+def maps(dtype=torch.float64, sizes=SIZES):
+    torch.manual_seed(1)
+    return [torch.randn(2, c, h, w, dtype=dtype) for c, (h, w) in zip(CHANNELS, sizes)]
+
+
+def test_float64_parity_with_transformers_model():
+    model = deformable_detr_model()
+    neck = from_module(model)
+    assert len(neck.layers) == 2 and len(neck.extra_proj) == 1 and not neck.training
+    with torch.no_grad():
+        outs = neck(maps())
+    expected = deformable_detr_encoder_outputs(model, maps())
+    assert max(max_abs(outs, expected)) <= 1e-10
+    assert all(e.abs().max() > 0.5 for e in expected)
+    assert [o.shape[1] for o in outs] == neck.feature_info.channels() == [32] * 4
+    assert neck.feature_info.reduction() == [8, 16, 32, 64]
+
+
+def test_float32_parity_two_extra_levels_gelu():
+    model = deformable_detr_model(torch.float32, levels=5, activation_function="gelu")
+    neck = from_module(model)
+    assert len(neck.extra_proj) == 2
+    with torch.no_grad():
+        outs = neck(maps(torch.float32))
+    expected = deformable_detr_encoder_outputs(model, maps(torch.float32))
+    assert len(outs) == len(expected) == 5
+    for out, ref in zip(outs, expected):
+        assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_position_embedding_is_transformers_sine_embedding():
+    pytest.importorskip("transformers")
+    from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrSinePositionEmbedding
+
+    peer = DeformableDetrSinePositionEmbedding(16, normalize=True)(torch.Size([1, 3, 5, 7]), "cpu", torch.float64)
+    ours = sine_position_embedding(5, 7, 32, 10000.0, -0.5, torch.float64)
+    assert (ours - peer.flatten(2)[0].T).abs().max() <= 1e-12
+
+
+def test_the_registered_variant_is_transformers_default_configuration():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrEncoder
+
+    config = transformers.DeformableDetrConfig()
+    torch.manual_seed(0)
+    peer = DeformableDetrEncoder(config)
+    ours = fpn_zoo.create_neck("deformable_detr_encoder", FeatureSpec((512, 1024, 2048), (8, 16, 32)))
+    theirs = {f"layers.{k}": v.shape for k, v in peer.layers.state_dict().items()}
+    ours_layers = {k: v.shape for k, v in ours.state_dict().items() if k.startswith("layers.")}
+    assert len(ours_layers) == len(theirs) and sorted(ours_layers.values()) == sorted(theirs.values())
+    assert ours.level_embed.shape == (config.num_feature_levels, config.d_model)
+    dino = fpn_zoo.neck_cfg("dino_encoder").args
+    assert (dino["ffn_channels"], dino["temperature"], dino["position_offset"], dino["num_layers"]) == (2048, 20, 0, 6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(position_embedding_type="learned"), r"config\.position_embedding_type"),
+    (dict(activation_function="mish"), r"config\.activation_function"),
+])
+def test_unsupported_configurations_name_the_attribute(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        from_module(deformable_detr_model(torch.float32, **overrides))
+
+
+def test_the_features_hint_sets_strides_and_must_match_the_channels():
+    model = deformable_detr_model(torch.float32)
+    assert from_module(model, features=FeatureSpec((16, 24, 32), (4, 8, 16))).feature_info.reduction() == [4, 8, 16, 32]
+    with pytest.raises(ValueError, match="features have channels"):
+        from_module(model, features=[16, 24, 48])
+
+
+def test_one_vit_level_nhwc_odd_sizes_feature_info_and_gradients():
+    spec = FeatureSpec((24,), (16,), "NHWC")
+    neck = fpn_zoo.create_neck("dino_encoder", spec, out_channels=32, num_heads=4, num_points=2, num_layers=1,
+                               ffn_channels=16, extra_levels=2, norm_kwargs={"num_groups": 8})
+    torch.manual_seed(0)
+    outs = neck([torch.randn(2, 5, 7, 24)])
+    assert [tuple(o.shape[1:]) for o in outs] == [(32, 5, 7), (32, 3, 4), (32, 2, 2)]
+    assert neck.feature_info.reduction() == [16, 32, 64]
+    # the outputs are LayerNormed, so their channel means are constant: weigh them at random
+    sum((o * torch.randn_like(o)).sum() for o in outs).backward()
+    assert all(p.grad is not None for p in neck.parameters())
+    # positions reach the output through the offset / weight projections only, zero-initialised (Deformable
+    # DETR's init): the level embedding's first gradient is zero, every other one is not
+    assert [n for n, p in neck.named_parameters() if not p.grad.abs().sum() > 0] == ["level_embed"]
+
+
+def test_no_layers_is_the_projection_only():
+    neck = fpn_zoo.create_neck("deformable_detr_encoder", [8, 16], out_channels=32, num_layers=0)
+    assert neck.level_embed is None and not list(neck.layers)
+    outs = neck([torch.randn(1, 8, 6, 6), torch.randn(1, 16, 3, 3)])
+    assert [tuple(o.shape[1:]) for o in outs] == [(32, 6, 6), (32, 3, 3), (32, 2, 2)]
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(out_channels=30), ValueError, "multiple of 4"),
+    (dict(num_heads=3), ValueError, "num_heads"),
+    (dict(out_channels=48), ValueError, "norm's groups"),
+    (dict(num_points=0), ValueError, "num_points"),
+    (dict(num_layers=1.0), TypeError, "num_layers"),
+    (dict(extra_levels=-1), ValueError, "extra_levels"),
+    (dict(temperature=0), ValueError, "temperature"),
+    (dict(ffn_act=None), ValueError, "ffn_act"),
+])
+def test_bad_knobs_are_clear_errors(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        fpn_zoo.create_neck("deformable_detr_encoder", [8, 16, 32], **kwargs)
+
+
+def test_torch_export_with_dynamic_batch_and_sizes():
+    """The default export check (the generic one in tests/test_export.py, 4 levels, is sweep-only): one backbone
+    level and one extra, dynamic batch and sizes, checked at another batch and an odd size."""
+    torch.manual_seed(0)
+    neck = fpn_zoo.create_neck("deformable_detr_encoder", FeatureSpec((8,), (16,)), out_channels=32, num_heads=4,
+                               num_points=2, num_layers=1, ffn_channels=16, norm_kwargs={"num_groups": 8}).eval()
+    with torch.no_grad():  # offsets that depend on the query
+        neck.layers[0].self_attn.sampling_offsets.weight.normal_(0, 0.5)
+    dims = [{0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}]
+    program = torch.export.export(neck, ([torch.randn(2, 8, 6, 8)],), dynamic_shapes=(dims,))
+    other = [torch.randn(3, 8, 9, 5)]
+    with torch.no_grad():
+        for got, expected in zip(program.module()(other), neck(other), strict=True):
+            assert got.shape == expected.shape and (got - expected).abs().max().item() <= 1e-5
