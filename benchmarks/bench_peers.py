@@ -130,11 +130,66 @@ def bifpn_vs_effdet(image: int) -> Case:
                 ours, peer, lambda xs: list(peer(list(xs))), _maps(channels, image, strides), 0.5, 0.6)
 
 
+class TransformersDeformableEncoder(torch.nn.Module):
+    """transformers' ``DeformableDetrModel`` run on given backbone maps (its backbone replaced by a stub, an
+    all-valid pixel mask), returning ``encoder_last_hidden_state`` split per level into NCHW maps.
+
+    Only the parts our neck reproduces are registered (input projections, level embeddings, encoder), so the
+    parameter check compares like with like; the model's own forward also runs its decoder, here one layer on
+    one query (a few percent of the encoder's time at these sizes), which counts against the peer.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.input_proj, self.encoder, self.level_embed = model.input_proj, model.encoder, model.level_embed
+        object.__setattr__(self, "model", model)  # not a submodule: its backbone and decoder stay uncounted
+
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        class Stub(torch.nn.Module):
+            def forward(self, pixel_values):
+                return list(xs)
+
+        real, self.model.backbone.model = self.model.backbone.model, Stub()
+        try:
+            b, _, h, w = xs[0].shape
+            memory = self.model(torch.zeros(b, 3, 8 * h, 8 * w, dtype=xs[0].dtype)).encoder_last_hidden_state
+        finally:
+            self.model.backbone.model = real
+        shapes = [tuple(x.shape[-2:]) for x in xs]
+        while len(shapes) < len(self.input_proj):
+            shapes.append(((shapes[-1][0] + 1) // 2, (shapes[-1][1] + 1) // 2))
+        chunks = memory.split([sh * sw for sh, sw in shapes], dim=1)
+        return [t.transpose(1, 2).reshape(b, -1, sh, sw) for t, (sh, sw) in zip(chunks, shapes)]
+
+
+def deformable_encoder_vs_transformers(image: int) -> Case:
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError(f"transformers not importable ({e})") from None
+    from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrModel
+
+    from fpn_zoo.convert import from_module
+
+    channels, strides = RESNET50
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, *channels], depths=[1, 1, 1, 1],
+                                         layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    config = transformers.DeformableDetrConfig(backbone_config=backbone, decoder_layers=1, num_queries=1)
+    torch.manual_seed(0)
+    model = DeformableDetrModel(config).eval()  # the paper's encoder: 256 ch, 6 layers, 8 heads, 4 points, 4 levels
+    peer = TransformersDeformableEncoder(model)
+    ours = from_module(model, features=_info(channels, strides))
+    return Case("deformable_detr_encoder", f"ResNet-50 C3-C5 (+1 level), 256 ch, 6 layers, {image} px; "
+                "transformers DeformableDetrModel (pure-PyTorch attention)",
+                ours, peer, peer, _maps(channels, image, strides), 1.0, 1.0)
+
+
 CASES: Dict[str, Tuple[Callable[[int], Case], int]] = {  # key -> (builder, large image size)
     "fpn": (fpn_vs_torchvision, 640),
     "fpn_mmdet": (fpn_vs_mmdet, 640),
     "pan": (pan_vs_mmdet, 640),
     "bifpn": (bifpn_vs_effdet, 512),
+    "deformable_detr": (deformable_encoder_vs_transformers, 384),  # 6 attention layers: 640 px takes seconds a call
 }
 SMALL_IMAGE = 256
 
