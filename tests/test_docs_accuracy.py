@@ -219,6 +219,22 @@ def test_variants_whose_classification_lags_are_named_under_the_table(results):
     assert "fpn_bn_lrelu_64]" not in note and "fpn_bn_lrelu_128" not in note
 
 
+def test_runs_that_detected_nothing_are_named_with_their_loss(results):
+    assert "detected nothing" not in generate(results)["accuracy.md"]
+    data = json.loads(results.read_text())
+    dead = next(r for r in data["results"] if r["neck"] == "fpn_bn_lrelu_128" and r["seed"] == 1)
+    dead["metrics"].update(AP=0.0, agnostic_AP=0.0)
+    dead["curve"] = [[50, {"AP": 0.0, "agnostic_AP": 0.0}], [100, {"AP": 0.0, "agnostic_AP": 0.0}]]
+    dead["losses"] = [[50, 2.5], [100, 1.8]]
+    almost = next(r for r in data["results"] if r["neck"] == "fpn_bn_lrelu_64" and r["seed"] == 2)
+    almost["metrics"].update(AP=0.0, agnostic_AP=0.0)  # nothing at the end, but it had detected something before
+    text = generate(data)["accuracy.md"]
+    note = text.split("## Reproducibility")[1].split("## Not measured")[0].split("detected nothing")[1]
+    assert "[fpn_bn_lrelu_128](necks/fpn_bn_lrelu_128.md) seed 1 (final loss 1.80 against 1.00 for its other seeds)" \
+        in note
+    assert "fpn_bn_lrelu_64]" not in note and "benchmarks/fcos_dead_regression.py" in note
+
+
 def test_kept_latency_is_written_and_only_the_variants_without_one_are_timed(results):
     files = docs_gen.generate(["fpn_bn_lrelu_64", "fpn_bn_lrelu_128"], reference=SMALL, latency_reps=1,
                               results=results, questions=False, parity=False, accuracy=False,

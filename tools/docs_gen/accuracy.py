@@ -29,7 +29,7 @@ from .measuring import VariantDoc
 __all__ = [
     "RESULTS_NAME", "PLOT", "CURVES_PLOT", "NOTES_TAG", "Png", "Measured", "Accuracy", "load_accuracy", "compare",
     "pareto_front", "ap_cell", "page_section", "render_accuracy", "accuracy_files", "measure_command", "leave_one_out",
-    "reproducibility_text", "REPRO_TOLERANCE",
+    "reproducibility_text", "silent_runs", "REPRO_TOLERANCE",
 ]
 
 RESULTS_NAME = "accuracy.json"  # beside the pages: docs/accuracy.json
@@ -89,6 +89,39 @@ def reproducibility_text(acc: Accuracy) -> str:
         text += (" Not held to it: " + ", ".join(f"[{n}]({NECK_DIR}/{n}.md)" for n in broken)
                  + f" (a held-out run more than {REPRO_TOLERANCE} from the others: its result depends on the seed).")
     return text + "\n"
+
+
+def silent_runs(acc: Accuracy) -> List[Tuple[str, int, float, Optional[float]]]:
+    """``(variant, seed, final loss, mean final loss of the variant's other runs)`` for every run that detected
+    nothing: AP and class-agnostic AP exactly 0 at every evaluation of its curve."""
+    out = []
+    for m in acc.by_neck.values():
+        for r in m.runs:
+            points = [point for _, point in r.get("curve", [])] or [r["metrics"]]
+            if not all(p.get("AP") == 0 and p.get("agnostic_AP") == 0 for p in points):
+                continue
+            others = [o["losses"][-1][1] for o in m.runs if o is not r and o.get("losses")]
+            out.append((m.name, int(r.get("seed", 0)), float(r["losses"][-1][1]) if r.get("losses") else float("nan"),
+                        statistics.fmean(others) if others else None))
+    return out
+
+
+def silent_runs_text(acc: Accuracy) -> str:
+    """Names the runs that detected nothing and says what their signature is (empty when there are none)."""
+    runs = silent_runs(acc)
+    if not runs:
+        return ""
+    named = []
+    for name, seed, loss, others in runs:
+        versus = f" against {others:.2f} for its other seeds" if others is not None else ""
+        named.append(f"[{name}]({NECK_DIR}/{name}.md) seed {seed} (final loss {loss:.2f}{versus})")
+    return ("**Runs that detected nothing** (AP and class-agnostic AP exactly 0 at every evaluation): "
+            + ", ".join(named) + ". This is the signature of a dead box regression: torchvision's FCOS passes "
+            "the regression through a ReLU, and once it is negative at every location every box has zero size, is "
+            "dropped before scoring, and no gradient brings the layer back (its GIoU loss sits at exactly 1). "
+            "`python benchmarks/fcos_dead_regression.py` trains the detector with the regression dead from the "
+            "start and shows the same signature. The recipe keeps torchvision's head, so such a run stays in the "
+            "table as it came out.\n")
 
 
 def load_accuracy(source: Union[str, Path, Mapping[str, Any], Accuracy, None] = None,
@@ -415,6 +448,7 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
         out.append(f"![AP against CPU latency]({PLOT})\n")
         out.append("\n## Reproducibility\n")
         out.append(reproducibility_text(acc))
+        out.append(silent_runs_text(acc))
     out.append("\n## Not measured yet\n")
     if missing:
         out.append(f"{len(missing)} registered variants have no run of the published recipe yet: "
