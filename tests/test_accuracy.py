@@ -131,6 +131,9 @@ def test_the_whole_pipeline_on_a_tiny_budget_and_resuming(cache):
         assert r["neck_params"] > 0 and r["neck_gflops"] > 0 and r["train_seconds"] > 0
         assert r["versions"]["torch"] == torch.__version__ and r["curve"][-1][0] == 3
         assert r["cpu"].endswith(f"({torch.backends.cpu.get_cpu_capability()})")  # which machine, for the docs
+        (step, terms), (same_step, total) = r["loss_terms"][-1], r["losses"][-1]
+        assert step == same_step == 3 and set(terms) == {"classification", "bbox_regression", "bbox_ctrness"}
+        assert sum(terms.values()) == pytest.approx(total, abs=2e-4)  # running means of the terms sum to the total's
     fpn = next(r for r in data["results"] if r["neck"] == "fpn_bn_lrelu_64")
     single = next(r for r in data["results"] if r["neck"] == "single_level_64")
     assert single["neck_params"] < fpn["neck_params"]
@@ -195,6 +198,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_
     for (name, a), b in zip(whole.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
     assert resumed["losses"] == expected["losses"] and resumed["curve"] == expected["curve"]
+    assert resumed["loss_terms"] == expected["loss_terms"] and expected["loss_terms"]
     other_seed = train_detector(fresh(), recipe, seed=2, checkpoint=ckpt, checkpoint_seconds=1e9)
     assert other_seed["losses"] != expected["losses"]  # a checkpoint of another seed is not resumed
 

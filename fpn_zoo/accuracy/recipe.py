@@ -254,9 +254,10 @@ def train_detector(
 ) -> Dict[str, Any]:
     """Train ``model`` by the recipe on fresh train scenes drawn from ``seed``.
 
-    Returns ``{"seconds", "losses": [(step, loss), ...], "curve": [(step, metrics), ...]}``; the curve holds
-    ``evaluate(model)`` every ``recipe.eval_every`` steps (none when 0); ``seconds`` is training time only,
-    summed over resumptions.
+    Returns ``{"seconds", "losses": [(step, loss), ...], "loss_terms": [(step, {term: loss}), ...],
+    "curve": [(step, metrics), ...]}``: the total loss and each of the detector's loss terms as running means
+    (weight 0.1 on the newest step) every 50 steps; the curve holds ``evaluate(model)`` every
+    ``recipe.eval_every`` steps (none when 0); ``seconds`` is training time only, summed over resumptions.
 
     With ``checkpoint`` (a file path), the whole training state (model, optimizer, schedule, step, curves, RNG)
     is saved there every ``checkpoint_seconds`` of training, and a run that finds a checkpoint of the same
@@ -269,6 +270,8 @@ def train_detector(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, recipe.steps, recipe.warmup))
     params = [p for g in opt.param_groups for p in g["params"]]
     losses: List[Tuple[int, float]] = []
+    loss_terms: List[Tuple[int, Dict[str, float]]] = []
+    terms: Dict[str, float] = {}  # running mean of each loss term
     curve: List[Tuple[int, Dict[str, float]]] = []
     running: Optional[float] = None
     first, before = 0, 0.0  # the step to start from, training seconds of earlier sittings
@@ -282,6 +285,8 @@ def train_detector(
             torch.set_rng_state(state["rng"])
             first, before, running = state["step"], state["seconds"], state["running"]
             losses, curve = [tuple(x) for x in state["losses"]], [tuple(x) for x in state["curve"]]
+            loss_terms = [tuple(x) for x in state.get("loss_terms", [])]
+            terms = dict(state.get("terms", {}))
             if log is not None:
                 log(f"resumed from {checkpoint} at step {first}")
     start = last_save = time.perf_counter()
@@ -298,8 +303,11 @@ def train_detector(
         opt.step()
         sched.step()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        for name, term in loss_dict.items():
+            terms[name] = term.item() if name not in terms else 0.9 * terms[name] + 0.1 * term.item()
         if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
             losses.append((step + 1, round(running, 4)))
+            loss_terms.append((step + 1, {name: round(v, 4) for name, v in terms.items()}))
             if log is not None:
                 log(f"step {step + 1}/{recipe.steps} loss {running:.3f} "
                     f"({before + time.perf_counter() - start:.0f} s)")
@@ -312,9 +320,11 @@ def train_detector(
             _save_checkpoint(Path(checkpoint), {
                 "identity": identity, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
-                "seconds": before + now - start, "running": running, "losses": losses, "curve": curve})
+                "seconds": before + now - start, "running": running, "losses": losses, "curve": curve,
+                "terms": terms, "loss_terms": loss_terms})
             last_save = time.perf_counter()
-    return {"seconds": before + time.perf_counter() - start, "losses": losses, "curve": curve}
+    return {"seconds": before + time.perf_counter() - start, "losses": losses, "loss_terms": loss_terms,
+            "curve": curve}
 
 
 def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:

@@ -91,9 +91,10 @@ def reproducibility_text(acc: Accuracy) -> str:
     return text + "\n"
 
 
-def silent_runs(acc: Accuracy) -> List[Tuple[str, int, float, Optional[float]]]:
-    """``(variant, seed, final loss, mean final loss of the variant's other runs)`` for every run that detected
-    nothing: AP and class-agnostic AP exactly 0 at every evaluation of its curve."""
+def silent_runs(acc: Accuracy) -> List[Tuple[str, int, float, Optional[float], Optional[float]]]:
+    """``(variant, seed, final loss, mean final loss of the variant's other runs, final box-regression loss or
+    None where the run did not record its loss terms)`` for every run that detected nothing: AP and
+    class-agnostic AP exactly 0 at every evaluation of its curve."""
     out = []
     for m in acc.by_neck.values():
         for r in m.runs:
@@ -101,8 +102,9 @@ def silent_runs(acc: Accuracy) -> List[Tuple[str, int, float, Optional[float]]]:
             if not all(p.get("AP") == 0 and p.get("agnostic_AP") == 0 for p in points):
                 continue
             others = [o["losses"][-1][1] for o in m.runs if o is not r and o.get("losses")]
+            terms = r["loss_terms"][-1][1] if r.get("loss_terms") else {}
             out.append((m.name, int(r.get("seed", 0)), float(r["losses"][-1][1]) if r.get("losses") else float("nan"),
-                        statistics.fmean(others) if others else None))
+                        statistics.fmean(others) if others else None, terms.get("bbox_regression")))
     return out
 
 
@@ -112,9 +114,10 @@ def silent_runs_text(acc: Accuracy) -> str:
     if not runs:
         return ""
     named = []
-    for name, seed, loss, others in runs:
+    for name, seed, loss, others, regression in runs:
         versus = f" against {others:.2f} for its other seeds" if others is not None else ""
-        named.append(f"[{name}]({NECK_DIR}/{name}.md) seed {seed} (final loss {loss:.2f}{versus})")
+        box = f"; box-regression loss {regression:.3f}" if regression is not None else ""
+        named.append(f"[{name}]({NECK_DIR}/{name}.md) seed {seed} (final loss {loss:.2f}{versus}{box})")
     return ("**Runs that detected nothing** (AP and class-agnostic AP exactly 0 at every evaluation): "
             + ", ".join(named) + ". This is the signature of a dead box regression: torchvision's FCOS passes "
             "the regression through a ReLU, and once it is negative at every location every box has zero size, is "
