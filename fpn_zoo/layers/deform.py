@@ -57,7 +57,9 @@ def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
                             mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(n, deform_groups, c // deform_groups, taps, out_h, out_w) \
         * mask.view(n, deform_groups, 1, taps, out_h, out_w)
-    out = torch.matmul(weight.reshape(out_channels, c * taps), sampled.reshape(n, c * taps, out_h * out_w))
+    # bmm on the expanded weight: matmul would first copy the (n, c * taps, h * w) taps into (n * h * w, c * taps)
+    out = torch.bmm(weight.reshape(1, out_channels, c * taps).expand(n, -1, -1),
+                    sampled.reshape(n, c * taps, out_h * out_w))
     out = out.view(n, out_channels, out_h, out_w)
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
