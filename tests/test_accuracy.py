@@ -233,6 +233,7 @@ def test_cli_estimates_how_long_the_runs_left_take_without_running_them(cache, m
     assert data["results"] == []  # nothing was run
     recorded = data["estimates"][TINY.key()]
     assert set(recorded) == {"no_top_down_64", "single_level_64"} and all(e["minutes"] >= 0 for e in recorded.values())
+    assert all(e["cpu"] and e["threads"] == 1 for e in recorded.values())  # where the estimate was made
     est = estimate_seconds("no_top_down_64", TINY, timed_steps=1, eval_scenes=1)
     assert est["train"] > 0 and est["eval"] > 0
 

@@ -118,6 +118,17 @@ def test_the_unmeasured_carry_their_estimates_and_the_whole_table_its_time(resul
     assert "the longest: fpn (2.5 h), fpn_deep3_bn_lrelu_64 (30 min)" in section
 
 
+def test_estimates_from_more_than_one_machine_say_so(results):
+    data = json.loads(results.read_text())
+    section = generate(results)["accuracy.md"].split("## Not measured yet")[1].split("##")[0]
+    assert "more than one machine" not in section  # one (unrecorded) machine: nothing to say
+    next(iter(data["estimates"].values()))["fpn"]["cpu"] = "Some CPU (AVX512)"
+    results.write_text(json.dumps(data))
+    section = generate(results)["accuracy.md"].split("## Not measured yet")[1].split("##")[0]
+    assert "The estimates come from more than one machine (1 on Some CPU (AVX512), 1 on an unrecorded CPU)" \
+        in section or "(1 on an unrecorded CPU, 1 on Some CPU (AVX512))" in section
+
+
 def test_ap_cells_of_the_variants_table_and_the_pages(results):
     files = generate(results)
     rows = table_rows(files["variants.md"])

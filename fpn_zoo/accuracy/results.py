@@ -91,6 +91,7 @@ class Accuracy:
     source: str = ""
     others: int = 0  # records of other recipes or with neck_args: not grouped
     estimates: Dict[str, float] = field(default_factory=dict)  # minutes per run (`fpn-zoo accuracy --estimate`)
+    estimate_cpus: Dict[str, str] = field(default_factory=dict)  # the CPU each estimate was made on, where recorded
 
     def get(self, name: str) -> Optional[Measured]:
         return self.by_neck.get(name)
@@ -105,7 +106,9 @@ class Accuracy:
             recipe_key = Recipe().key()
         acc = cls(recipe_key, recipe=dict(data.get("recipes", {}).get(recipe_key, {})),
                   about=str(data.get("about", "")), source=source)
-        acc.estimates = {n: float(e["minutes"]) for n, e in data.get("estimates", {}).get(recipe_key, {}).items()}
+        estimates = data.get("estimates", {}).get(recipe_key, {})
+        acc.estimates = {n: float(e["minutes"]) for n, e in estimates.items()}
+        acc.estimate_cpus = {n: str(e["cpu"]) for n, e in estimates.items() if e.get("cpu")}
         for r in data.get("results", []):
             if r.get("recipe_key") == recipe_key and not r.get("neck_args"):
                 acc.by_neck.setdefault(r["neck"], Measured(r["neck"], [])).runs.append(r)

@@ -163,7 +163,7 @@ def save_estimates(path: Path, recipe: Recipe, minutes: Dict[str, float], thread
         table = data.setdefault("estimates", {}).setdefault(recipe.key(), {})
         for neck, m in minutes.items():
             table[neck] = {"minutes": round(m, 1), "threads": threads, "machine": platform.machine(),
-                           "estimated": stamp}
+                           "cpu": cpu_name(), "estimated": stamp}
 
 
 def _key(r: Dict[str, Any]) -> Tuple[str, str, str, int]:

@@ -340,8 +340,13 @@ def _whole_table_text(acc: Accuracy, measured: Sequence[Measured], missing: Sequ
             f"{rest_hours:.0f} h estimated for the {len(estimated)} runs left"
             + (f", {len(missing) - len(estimated)} not estimated" if len(estimated) < len(missing) else "")
             + f" — so about {(done_hours + rest_hours) / 2:.0f} h on two cores; the longest: "
-            + ", ".join(f"{n} ({_duration(m)})" for m, n in longest) + ".\n")
-    return text
+            + ", ".join(f"{n} ({_duration(m)})" for m, n in longest) + ".")
+    cpus = Counter(acc.estimate_cpus.get(n, UNRECORDED_CPU) for n in missing if n in acc.estimates)
+    if len(cpus) > 1:
+        text += (" The estimates come from more than one machine (" + ", ".join(f"{k} on {c}" for c, k in
+                                                                              cpus.most_common())
+                 + "), so their sum mixes the machines' speeds.")
+    return text + "\n"
 
 
 def _recipe_text() -> str:
