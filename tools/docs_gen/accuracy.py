@@ -343,9 +343,8 @@ def _whole_table_text(acc: Accuracy, measured: Sequence[Measured], missing: Sequ
             + ", ".join(f"{n} ({_duration(m)})" for m, n in longest) + ".")
     cpus = Counter(acc.estimate_cpus.get(n, UNRECORDED_CPU) for n in missing if n in acc.estimates)
     if len(cpus) > 1:
-        text += (" The estimates come from more than one machine (" + ", ".join(f"{k} on {c}" for c, k in
-                                                                              cpus.most_common())
-                 + "), so their sum mixes the machines' speeds.")
+        made_on = ", ".join(f"{k} on {c}" for c, k in cpus.most_common())
+        text += f" The estimates come from more than one machine ({made_on}), so their sum mixes the machines' speeds."
     return text + "\n"
 
 
