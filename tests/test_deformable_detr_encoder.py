@@ -15,6 +15,7 @@ import fpn_zoo
 from _outside_peers import deformable_detr_encoder_outputs, deformable_detr_model, max_abs
 from fpn_zoo import FeatureSpec
 from fpn_zoo.convert import from_module
+from fpn_zoo.necks import deformable_detr_encoder as encoder_module
 from fpn_zoo.necks.deformable_detr_encoder import multi_scale_deformable_attention, sine_position_embedding
 
 SIZES = [(13, 19), (7, 10), (4, 5)]  # odd and non-square: the extra level is 2 x 3
@@ -69,28 +70,65 @@ def _attention_by_definition(value, shapes, locations, weights):
     return out.permute(0, 3, 1, 2).reshape(batch, queries, heads * head_dim)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_deformable_attention_is_its_definition(dtype):
-    """The level-by-level weighted sum equals the definition: to 1e-12 in float64; in float32 within the
-    rounding of a sum of its 4 * levels * points bilinear taps, (4 * L * K + 8) eps times the sum of their sizes
-    (the same computation on |value| and |weights|)."""
+def _attention_inputs(dtype, queries=11, points=4, requires_grad=False):
     torch.manual_seed(0)
     shapes = [(5, 7), (3, 4), (1, 2)]
-    batch, heads, head_dim, queries, points = 2, 2, 3, 11, 4
+    batch, heads, head_dim = 2, 2, 3
     tokens = sum(h * w for h, w in shapes)
     value = torch.randn(batch, tokens, heads, head_dim, dtype=dtype)
     locations = torch.rand(batch, queries, heads, len(shapes), points, 2, dtype=dtype) * 1.4 - 0.2  # some outside
     weights = torch.rand(batch, queries, heads, len(shapes), points, dtype=dtype).softmax(-1)
-    got = multi_scale_deformable_attention(value, shapes, locations, weights)
+    return shapes, [t.requires_grad_(requires_grad) for t in (value, locations, weights)]
+
+
+ATTENTION_FORMS = {"bilinear taps (eager)": multi_scale_deformable_attention,
+                   "grid_sample (traced)": encoder_module._attention_by_grid_sample}
+
+
+@pytest.mark.parametrize("form", ATTENTION_FORMS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_deformable_attention_is_its_definition(dtype, form):
+    """Both forms equal the definition: to 1e-12 in float64; in float32 within the rounding of a sum of its
+    4 * levels * points bilinear taps, (4 * L * K + 8) eps times the sum of their sizes (the same computation
+    on |value| and |weights|)."""
+    shapes, (value, locations, weights) = _attention_inputs(dtype)
+    got = ATTENTION_FORMS[form](value, shapes, locations, weights)
     expected = _attention_by_definition(value, shapes, locations, weights)
-    assert got.shape == (batch, queries, heads * head_dim) and got.dtype == dtype
+    assert got.shape == (value.shape[0], locations.shape[1], value.shape[2] * value.shape[3]) and got.dtype == dtype
     if dtype == torch.float64:
         assert (got - expected).abs().max() <= 1e-12
     else:
         size = _attention_by_definition(value.abs(), shapes, locations, weights)
-        bound = (4 * len(shapes) * points + 8) * torch.finfo(torch.float32).eps * size
+        bound = (4 * len(shapes) * locations.shape[4] + 8) * torch.finfo(torch.float32).eps * size
         assert ((got.double() - expected).abs() <= bound).all()
     assert expected.abs().max() > 0.1
+
+
+def test_deformable_attention_gradients_are_grid_samples():
+    """The taps' own backward (rows sorted, then summed per row) gives the gradients autograd gives through
+    ``grid_sample``, for the values, the sampling locations and the attention weights (float64, 1e-12),
+    with points outside the maps and points on pixel centres (where a bilinear weight is exactly 0 or 1)."""
+    shapes, (value, locations, weights) = _attention_inputs(torch.float64, queries=13, requires_grad=True)
+    with torch.no_grad():  # some points exactly on pixel centres: x W - 0.5 an integer
+        locations[0, :3, :, 0, 0] = torch.tensor([[0.5 / 7, 0.5 / 5], [3.5 / 7, 2.5 / 5], [6.5 / 7, 4.5 / 5]])[:, None]
+    grad_out = torch.randn(value.shape[0], locations.shape[1], value.shape[2] * value.shape[3], dtype=torch.float64)
+    grads = []
+    for form in ATTENTION_FORMS.values():
+        out = form(value, shapes, locations, weights)
+        grads.append(torch.autograd.grad(out, (value, locations, weights), grad_out))
+    for ours, reference in zip(*grads):
+        assert reference.abs().max() > 0.1
+        assert (ours - reference).abs().max() <= 1e-12 * reference.abs().max()
+
+
+def test_weighted_row_sums_gradcheck_with_repeated_rows():
+    """The custom backward against finite differences, where many taps read the same row (as the taps of
+    points outside a map all read row 0) and some rows are read by none."""
+    torch.manual_seed(0)
+    table = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([[0, 0, 2, 5], [2, 2, 2, 0], [5, 0, 1, 1]])
+    weights = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, w: encoder_module._WeightedRowSums.apply(t, rows, w), (table, weights))
 
 
 def test_position_embedding_is_transformers_sine_embedding():
