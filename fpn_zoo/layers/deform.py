@@ -25,33 +25,39 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
+from .._compat import is_compiling
+from .sampling import bilinear_taps, weighted_row_sums
+
 __all__ = ["ModulatedDeformConv", "ModulatedDeformConvPack", "sampled_deform_conv2d"]
 
 
-def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                          stride: Tuple[int, int], padding: Tuple[int, int], dilation: Tuple[int, int],
-                          mask: torch.Tensor) -> torch.Tensor:
-    """``torchvision.ops.deform_conv2d`` (one conv group) as bilinear sampling of every tap, then a matmul.
+def _tap_coordinates(x: torch.Tensor, offset: torch.Tensor, kernel: Tuple[int, int], stride: Tuple[int, int],
+                     padding: Tuple[int, int], dilation: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates ``(y, x)`` every tap reads, ``(n, deform_groups, taps, out_h, out_w)`` each."""
+    n, taps = offset.shape[0], kernel[0] * kernel[1]
+    out_h, out_w = offset.shape[-2:]
+    rows = torch.arange(kernel[0], device=x.device, dtype=x.dtype) * dilation[0]
+    cols = torch.arange(kernel[1], device=x.device, dtype=x.dtype) * dilation[1]
+    base_y = rows.repeat_interleave(kernel[1])[:, None, None] \
+        + (torch.arange(out_h, device=x.device, dtype=x.dtype) * stride[0] - padding[0])[None, :, None]
+    base_x = cols.repeat(kernel[0])[:, None, None] \
+        + (torch.arange(out_w, device=x.device, dtype=x.dtype) * stride[1] - padding[1])[None, None, :]
+    shifts = offset.view(n, -1, taps, 2, out_h, out_w)
+    return base_y + shifts[:, :, :, 0], base_x + shifts[:, :, :, 1]
 
-    Tap ``(i, j)`` of output pixel ``(y, x)`` reads the input at ``(y * stride - padding + i * dilation + dy,
-    x * stride - padding + j * dilation + dx)``, bilinearly with zeros outside the map (``grid_sample`` with
-    ``align_corners=False``: pixel ``u`` sits at ``(2u + 1) / size - 1``), times its mask; the taps are then
-    contracted with the weight as an im2col conv is.
-    """
+
+def _deform_conv_by_grid_sample(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, stride: Tuple[int, int],
+                                padding: Tuple[int, int], dilation: Tuple[int, int],
+                                mask: torch.Tensor) -> torch.Tensor:
+    """:func:`sampled_deform_conv2d` (without bias) through ``grid_sample`` (traced graphs): every tap sampled
+    (``(2u + 1) / size - 1`` is pixel ``u``'s grid coordinate), times its mask, then a batched matmul."""
     n, c, h, w = x.shape
     out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
     out_h, out_w = offset.shape[-2:]
     taps = kh * kw
     deform_groups = offset.shape[1] // (2 * taps)
-    rows = torch.arange(kh, device=x.device, dtype=x.dtype) * dilation[0]
-    cols = torch.arange(kw, device=x.device, dtype=x.dtype) * dilation[1]
-    base_y = rows.repeat_interleave(kw)[:, None, None] \
-        + (torch.arange(out_h, device=x.device, dtype=x.dtype) * stride[0] - padding[0])[None, :, None]
-    base_x = cols.repeat(kh)[:, None, None] \
-        + (torch.arange(out_w, device=x.device, dtype=x.dtype) * stride[1] - padding[1])[None, None, :]
-    shifts = offset.view(n, deform_groups, taps, 2, out_h, out_w)
-    grid = torch.stack(((2 * (base_x + shifts[:, :, :, 1]) + 1) / w - 1,
-                        (2 * (base_y + shifts[:, :, :, 0]) + 1) / h - 1), dim=-1)
+    y, x_ = _tap_coordinates(x, offset, (kh, kw), stride, padding, dilation)
+    grid = torch.stack(((2 * x_ + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1)
     sampled = F.grid_sample(x.reshape(n * deform_groups, c // deform_groups, h, w),
                             grid.reshape(n * deform_groups, taps * out_h, out_w, 2),
                             mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -60,8 +66,42 @@ def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
     # bmm on the expanded weight: matmul would first copy the (n, c * taps, h * w) taps into (n * h * w, c * taps)
     out = torch.bmm(weight.reshape(1, out_channels, c * taps).expand(n, -1, -1),
                     sampled.reshape(n, c * taps, out_h * out_w))
-    out = out.view(n, out_channels, out_h, out_w)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+    return out.view(n, out_channels, out_h, out_w)
+
+
+def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          stride: Tuple[int, int], padding: Tuple[int, int], dilation: Tuple[int, int],
+                          mask: torch.Tensor) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d`` (one conv group) as masked bilinear reads of every tap, then a matmul.
+
+    Tap ``(i, j)`` of output pixel ``(y, x)`` reads the input at ``(y * stride - padding + i * dilation + dy,
+    x * stride - padding + j * dilation + dx)``, bilinearly with zeros outside the map, times its mask; the taps
+    are then contracted with the weight as an im2col conv is. Each masked read is one weighted sum of four input
+    pixels (:mod:`fpn_zoo.layers.sampling`, ``embedding_bag`` forward and backward), laid out position-major so
+    that the contraction is one plain matmul. While ``torch.compile`` / ``torch.export`` trace, the reads go
+    through ``grid_sample`` instead (ops every backend and ONNX know).
+    """
+    if is_compiling():
+        out = _deform_conv_by_grid_sample(x, offset, weight, stride, padding, dilation, mask)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+    n, c, h, w = x.shape
+    out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    out_h, out_w = offset.shape[-2:]
+    taps = kh * kw
+    groups = offset.shape[1] // (2 * taps)
+    group_channels = c // groups
+    y, x_ = _tap_coordinates(x, offset, (kh, kw), stride, padding, dilation)
+    order = (0, 3, 4, 1, 2)  # reads laid out (n, out_h, out_w, group, tap): one im2col row per output pixel
+    table = x.reshape(n, groups, group_channels, h * w).transpose(2, 3).reshape(n * groups * h * w, group_channels)
+    first = (torch.arange(n * groups, device=x.device) * (h * w)).view(n, 1, 1, groups, 1)
+    rows, weights = bilinear_taps(x_.permute(order), y.permute(order), w, h,
+                                  mask.view(n, groups, taps, out_h, out_w).permute(order), first)
+    columns = weighted_row_sums(table, rows.reshape(-1, 4), weights.reshape(-1, 4))  # (n * hw * groups * taps, cg)
+    # the weight's (out, group, group channel, tap) columns reordered to the reads' (group, tap, group channel)
+    kernel = weight.reshape(out_channels, groups, group_channels, taps).transpose(2, 3).reshape(out_channels, -1)
+    columns = columns.view(n * out_h * out_w, groups * taps * group_channels)
+    out = torch.mm(columns, kernel.t()) if bias is None else torch.addmm(bias, columns, kernel.t())
+    return out.view(n, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
 
 class ModulatedDeformConv(nn.Module):

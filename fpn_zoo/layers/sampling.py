@@ -1,0 +1,96 @@
+"""Bilinear reads at fractional locations as weighted sums of table rows (the deformable layers' sampling).
+
+A read at pixel coordinates ``(x, y)`` (pixel centres at integers; ``grid_sample``'s ``align_corners=False``
+once its grid is converted) is the weighted sum of its four neighbouring pixels, each weighted by its bilinear
+weight, neighbours outside the map weighing 0 (zero padding). Deformable convolution (DCNv2) and multi-scale
+deformable attention (Deformable DETR) then scale every read by a mask or an attention weight and sum or
+contract the reads: written as one list of ``(row, weight)`` taps per output row, all of it is a single
+``embedding_bag`` over the map laid out as a table of rows (positions x channels), forward and backward, with
+no ``(channels, reads)`` tensor of sampled values in between (``grid_sample``'s output, then multiplied and
+summed). On the CPU that is the cheaper way by far; the sums are the same to float32 rounding.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["bilinear_taps", "weighted_row_sums"]
+
+Extent = Union[int, torch.Tensor]
+
+
+def bilinear_taps(x: torch.Tensor, y: torch.Tensor, width: Extent, height: Extent, weight: torch.Tensor,
+                  first_row: Union[int, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The four bilinear taps of reads at ``(x, y)`` of ``height x width`` maps, each scaled by ``weight``.
+
+    Args:
+        x, y: pixel coordinates of the reads (pixel ``(i, j)`` sits at ``x = j``, ``y = i``), one shape ``S``.
+        width, height: the maps' extents (ints, or integer tensors broadcasting to ``S``).
+        weight: each read's scale (a mask or an attention weight), broadcasting to ``S``.
+        first_row: the table row of each read map's pixel ``(0, 0)``; a map's pixel ``(i, j)`` is row
+            ``first_row + i * width + j`` (int or integer tensor broadcasting to ``S``).
+
+    Returns:
+        ``rows`` (int64) and ``weights``, shape ``S + (4,)``: the neighbours ``(x0, y0)``, ``(x0 + 1, y0)``,
+        ``(x0, y0 + 1)``, ``(x0 + 1, y0 + 1)`` with ``x0 = floor(x)``, ``y0 = floor(y)``; a neighbour outside its
+        map has weight 0 and row 0. Gradients flow to ``x``, ``y`` and ``weight``.
+    """
+    x_low, y_low = x.floor(), y.floor()
+    x_frac, y_frac = x - x_low, y - y_low
+    col, row = x_low.long(), y_low.long()
+    inside_x = ((col >= 0) & (col < width), (col >= -1) & (col < width - 1))  # the neighbours at x0, x0 + 1
+    inside_y = ((row >= 0) & (row < height), (row >= -1) & (row < height - 1))
+    weight_x = (1 - x_frac, x_frac)
+    weight_y = (weight * (1 - y_frac), weight * y_frac)
+    top_left = first_row + row * width + col
+    rows, weights = [], []
+    for dy in (0, 1):
+        for dx in (0, 1):
+            inside = inside_y[dy] & inside_x[dx]
+            weights.append(weight_y[dy] * weight_x[dx] * inside)
+            rows.append(torch.where(inside, top_left + (dy * width + dx), 0))
+    return torch.stack(rows, -1), torch.stack(weights, -1)
+
+
+class _WeightedRowSums(torch.autograd.Function):
+    """``out[i] = sum_j weights[i, j] * table[rows[i, j]]`` (``embedding_bag``), with a faster table gradient.
+
+    The table's gradient is the transposed sum, ``grad_table[r] = sum_{(i, j): rows[i, j] = r} weights[i, j] *
+    grad_out[i]``: the taps are sorted by row once, then summed per row by ``embedding_bag`` again (on the CPU
+    about twice as fast as ``embedding_bag``'s own backward, which sorts too). The weights' gradient is
+    ``embedding_bag``'s.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(table, rows, weights)
+        return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], None, Optional[torch.Tensor]]:
+        table, rows, weights = ctx.saved_tensors
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            flat = rows.reshape(-1)
+            key = flat.int() if table.shape[0] <= torch.iinfo(torch.int32).max else flat  # int32 sorts faster
+            order = torch.sort(key, stable=True)[1]
+            counts = torch.bincount(flat, minlength=table.shape[0])
+            offsets = counts.cumsum(0) - counts
+            source = torch.div(order, rows.shape[1], rounding_mode="floor")  # the output row of each sorted tap
+            grad_table = F.embedding_bag(source, grad.contiguous(), offsets,
+                                         per_sample_weights=weights.reshape(-1)[order], mode="sum")
+        if ctx.needs_input_grad[2]:
+            with torch.enable_grad():
+                leaf = weights.detach().requires_grad_()
+                out = F.embedding_bag(rows, table.detach(), per_sample_weights=leaf, mode="sum")
+                grad_weights, = torch.autograd.grad(out, leaf, grad)
+        return grad_table, None, grad_weights
+
+
+def weighted_row_sums(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``out[i] = sum_j weights[i, j] * table[rows[i, j]]``: ``(n, k)`` rows and weights, ``(t, d)`` table,
+    ``(n, d)`` out; differentiable in ``table`` and ``weights``."""
+    return _WeightedRowSums.apply(table, rows, weights)
