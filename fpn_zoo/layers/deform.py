@@ -56,8 +56,8 @@ def _deform_conv_by_grid_sample(x: torch.Tensor, offset: torch.Tensor, weight: t
     out_h, out_w = offset.shape[-2:]
     taps = kh * kw
     deform_groups = offset.shape[1] // (2 * taps)
-    y, x_ = _tap_coordinates(x, offset, (kh, kw), stride, padding, dilation)
-    grid = torch.stack(((2 * x_ + 1) / w - 1, (2 * y + 1) / h - 1), dim=-1)
+    at_y, at_x = _tap_coordinates(x, offset, (kh, kw), stride, padding, dilation)
+    grid = torch.stack(((2 * at_x + 1) / w - 1, (2 * at_y + 1) / h - 1), dim=-1)
     sampled = F.grid_sample(x.reshape(n * deform_groups, c // deform_groups, h, w),
                             grid.reshape(n * deform_groups, taps * out_h, out_w, 2),
                             mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -90,11 +90,11 @@ def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
     taps = kh * kw
     groups = offset.shape[1] // (2 * taps)
     group_channels = c // groups
-    y, x_ = _tap_coordinates(x, offset, (kh, kw), stride, padding, dilation)
+    at_y, at_x = _tap_coordinates(x, offset, (kh, kw), stride, padding, dilation)
     order = (0, 3, 4, 1, 2)  # reads laid out (n, out_h, out_w, group, tap): one im2col row per output pixel
     table = x.reshape(n, groups, group_channels, h * w).transpose(2, 3).reshape(n * groups * h * w, group_channels)
     first = (torch.arange(n * groups, device=x.device) * (h * w)).view(n, 1, 1, groups, 1)
-    rows, weights = bilinear_taps(x_.permute(order), y.permute(order), w, h,
+    rows, weights = bilinear_taps(at_x.permute(order), at_y.permute(order), w, h,
                                   mask.view(n, groups, taps, out_h, out_w).permute(order), first)
     columns = weighted_row_sums(table, rows.reshape(-1, 4), weights.reshape(-1, 4))  # (n * hw * groups * taps, cg)
     # the weight's (out, group, group channel, tap) columns reordered to the reads' (group, tap, group channel)
