@@ -129,8 +129,9 @@ def multi_scale_deformable_attention(value: torch.Tensor, shapes: Shapes, sampli
     each (:mod:`fpn_zoo.layers.sampling`), summed by ``embedding_bag``, forward and backward, without the
     sampled values (``grid_sample`` makes a ``(batch * heads, head_dim, queries, points)`` tensor per level, then
     multiplies and sums it). The same sum to float32 rounding; on the CPU a detector's training step with the
-    whole encoder takes about 0.6x the time, inference about 0.75x. While ``torch.compile`` / ``torch.export``
-    trace, the level-by-level ``grid_sample`` form is used (ops every backend and ONNX know).
+    whole encoder takes about 0.6x the time, inference about 0.75x. On other devices (not measured here), and
+    while ``torch.compile`` / ``torch.export`` trace, the level-by-level ``grid_sample`` form is used (ops every
+    backend and ONNX know).
 
     Args:
         value: ``(batch, tokens, heads, head_dim)``, the levels' maps flattened and concatenated.
@@ -141,7 +142,7 @@ def multi_scale_deformable_attention(value: torch.Tensor, shapes: Shapes, sampli
     Returns:
         ``(batch, queries, heads * head_dim)``.
     """
-    if is_compiling():
+    if is_compiling() or value.device.type != "cpu":
         return _attention_by_grid_sample(value, shapes, sampling_locations, attention_weights)
     batch, tokens, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
