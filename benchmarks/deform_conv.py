@@ -3,9 +3,10 @@
     python benchmarks/deform_conv.py [--threads 1] [--reps 5]
 
 DCNv2 convs at the shapes DyHead and NAS-FCOS run (3x3, 256 channels, maps of 4-80 px): inference, and
-forward + backward (training). Repetitions are interleaved; the table gives medians and the ratio
-sampled / torchvision (lower is better). Both compute the same function (tests/test_dyhead.py checks it in
-float64), so the faster one is what ``ModulatedDeformConv`` should run on this machine.
+forward + backward (training). Repetitions are interleaved; the table gives medians and the ratios to
+torchvision (lower is better) of the eager form (bilinear taps summed by ``embedding_bag``) and of the form
+traced graphs use (``grid_sample``). All compute the same function (tests/test_dyhead.py checks it in float64),
+so the fastest is what ``ModulatedDeformConv`` should run on this machine.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable, Dict
 import torch
 from torchvision.ops import deform_conv2d
 
-from fpn_zoo.layers.deform import sampled_deform_conv2d
+from fpn_zoo.layers.deform import _deform_conv_by_grid_sample, sampled_deform_conv2d
 
 SHAPES = ((1, 256, 80), (1, 256, 40), (1, 256, 10), (8, 256, 16), (8, 256, 8), (8, 256, 4))
 
@@ -41,8 +42,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.reps} interleaved repetitions")
-    print("| batch x channels x side | mode | torchvision (ms) | sampled (ms) | sampled / torchvision |")
-    print("|---|---|---|---|---|")
+    print("| batch x channels x side | mode | torchvision (ms) | taps (ms) | grid_sample (ms) | taps / torchvision "
+          "| grid_sample / torchvision |")
+    print("|---|---|---|---|---|---|---|")
     for n, c, side in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(n, c, side, side, requires_grad=True)
@@ -57,6 +59,10 @@ def main() -> None:
         def ours():
             return sampled_deform_conv2d(x, offset, weight, bias, (1, 1), (1, 1), (1, 1), mask)
 
+        def traced_form():
+            return _deform_conv_by_grid_sample(x, offset, weight, (1, 1), (1, 1), (1, 1), mask) \
+                + bias.view(1, -1, 1, 1)
+
         for mode in ("inference", "training"):
             if mode == "inference":
                 def run(f):
@@ -64,9 +70,9 @@ def main() -> None:
             else:
                 def run(f):
                     return lambda: f().square().mean().backward()
-            t = interleaved({"tv": run(tv), "ours": run(ours)}, args.reps)
+            t = interleaved({"tv": run(tv), "ours": run(ours), "grid": run(traced_form)}, args.reps)
             print(f"| {n} x {c} x {side} | {mode} | {t['tv'] * 1e3:.1f} | {t['ours'] * 1e3:.1f} | "
-                  f"{t['ours'] / t['tv']:.2f} |")
+                  f"{t['grid'] * 1e3:.1f} | {t['ours'] / t['tv']:.2f} | {t['grid'] / t['tv']:.2f} |")
 
 
 if __name__ == "__main__":
