@@ -60,8 +60,7 @@ def main() -> None:
             return sampled_deform_conv2d(x, offset, weight, bias, (1, 1), (1, 1), (1, 1), mask)
 
         def traced_form():
-            return _deform_conv_by_grid_sample(x, offset, weight, (1, 1), (1, 1), (1, 1), mask) \
-                + bias.view(1, -1, 1, 1)
+            return _deform_conv_by_grid_sample(x, offset, weight, bias, (1, 1), (1, 1), (1, 1), mask)
 
         for mode in ("inference", "training"):
             if mode == "inference":

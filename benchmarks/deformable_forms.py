@@ -24,13 +24,8 @@ from fpn_zoo.accuracy.recipe import Recipe, build_detector, pretrained_backbone
 from fpn_zoo.accuracy.scenes import DigitScenes
 
 
-def _conv_by_grid_sample(x, offset, weight, bias, stride, padding, dilation, mask):
-    out = deform._deform_conv_by_grid_sample(x, offset, weight, stride, padding, dilation, mask)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
-
-
 FORMS = {  # name: (multi-scale deformable attention, deformable conv)
-    "grid_sample": (attention._attention_by_grid_sample, _conv_by_grid_sample),
+    "grid_sample": (attention._attention_by_grid_sample, deform._deform_conv_by_grid_sample),
     "taps": (attention.multi_scale_deformable_attention, deform.sampled_deform_conv2d),
 }
 

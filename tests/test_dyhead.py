@@ -68,12 +68,6 @@ def test_deform_conv_matches_bilinear_loop_float64() -> None:
     assert diff <= 1e-10
 
 
-def _deform_conv_by_grid_sample(x, offset, weight, bias, stride, padding, dilation, mask):
-    from fpn_zoo.layers.deform import _deform_conv_by_grid_sample as by_grid_sample
-
-    return by_grid_sample(x, offset, weight, stride, padding, dilation, mask) + bias.view(1, -1, 1, 1)
-
-
 @pytest.mark.parametrize("form", ["bilinear taps (eager)", "grid_sample (traced)"])
 @pytest.mark.parametrize("stride, dilation, deform_groups", [(1, 1, 1), (2, 1, 2), (1, 2, 4)])
 def test_sampled_deform_conv_is_torchvisions_in_value_and_gradient(stride, dilation, deform_groups, form) -> None:
@@ -82,7 +76,7 @@ def test_sampled_deform_conv_is_torchvisions_in_value_and_gradient(stride, dilat
     bias) agree to float64 rounding."""
     from torchvision.ops import deform_conv2d
 
-    from fpn_zoo.layers.deform import sampled_deform_conv2d
+    from fpn_zoo.layers.deform import _deform_conv_by_grid_sample, sampled_deform_conv2d
 
     conv = sampled_deform_conv2d if form.startswith("bilinear") else _deform_conv_by_grid_sample
 

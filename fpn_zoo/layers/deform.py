@@ -46,10 +46,10 @@ def _tap_coordinates(x: torch.Tensor, offset: torch.Tensor, kernel: Tuple[int, i
     return base_y + shifts[:, :, :, 0], base_x + shifts[:, :, :, 1]
 
 
-def _deform_conv_by_grid_sample(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, stride: Tuple[int, int],
-                                padding: Tuple[int, int], dilation: Tuple[int, int],
-                                mask: torch.Tensor) -> torch.Tensor:
-    """:func:`sampled_deform_conv2d` (without bias) through ``grid_sample`` (traced graphs): every tap sampled
+def _deform_conv_by_grid_sample(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                                bias: Optional[torch.Tensor], stride: Tuple[int, int], padding: Tuple[int, int],
+                                dilation: Tuple[int, int], mask: torch.Tensor) -> torch.Tensor:
+    """:func:`sampled_deform_conv2d` through ``grid_sample`` (traced graphs): every tap sampled
     (``(2u + 1) / size - 1`` is pixel ``u``'s grid coordinate), times its mask, then a batched matmul."""
     n, c, h, w = x.shape
     out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
@@ -66,7 +66,8 @@ def _deform_conv_by_grid_sample(x: torch.Tensor, offset: torch.Tensor, weight: t
     # bmm on the expanded weight: matmul would first copy the (n, c * taps, h * w) taps into (n * h * w, c * taps)
     out = torch.bmm(weight.reshape(1, out_channels, c * taps).expand(n, -1, -1),
                     sampled.reshape(n, c * taps, out_h * out_w))
-    return out.view(n, out_channels, out_h, out_w)
+    out = out.view(n, out_channels, out_h, out_w)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -82,8 +83,7 @@ def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
     through ``grid_sample`` instead (ops every backend and ONNX know).
     """
     if is_compiling():
-        out = _deform_conv_by_grid_sample(x, offset, weight, stride, padding, dilation, mask)
-        return out if bias is None else out + bias.view(1, -1, 1, 1)
+        return _deform_conv_by_grid_sample(x, offset, weight, bias, stride, padding, dilation, mask)
     n, c, h, w = x.shape
     out_channels, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
     out_h, out_w = offset.shape[-2:]
