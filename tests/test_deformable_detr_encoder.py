@@ -15,7 +15,7 @@ import fpn_zoo
 from _outside_peers import deformable_detr_encoder_outputs, deformable_detr_model, max_abs
 from fpn_zoo import FeatureSpec
 from fpn_zoo.convert import from_module
-from fpn_zoo.layers.sampling import weighted_row_sums
+from fpn_zoo.layers.sampling import tap_dot_products, weighted_row_sums
 from fpn_zoo.necks import deformable_detr_encoder as encoder_module
 from fpn_zoo.necks.deformable_detr_encoder import multi_scale_deformable_attention, sine_position_embedding
 
@@ -130,6 +130,18 @@ def test_weighted_row_sums_gradcheck_with_repeated_rows():
     rows = torch.tensor([[0, 0, 2, 5], [2, 2, 2, 0], [5, 0, 1, 1]])
     weights = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t, w: weighted_row_sums(t, rows, w), (table, weights))
+
+
+def test_tap_dot_products_is_its_definition_on_unsorted_repeated_rows():
+    """The weights' gradient (a sampled matmul on a CSR pattern that repeats and does not sort its columns)
+    against the plain gather-and-dot, in float64; no rows gives an empty result, not an error."""
+    torch.manual_seed(0)
+    grad, table = torch.randn(40, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
+    rows = torch.randint(0, 9, (40, 7))
+    rows[:, :3] = rows[:, :1]  # the same row three times in a row of taps
+    expected = (grad[:, None, :] * table[rows]).sum(-1)
+    assert (tap_dot_products(grad, table, rows) - expected).abs().max() <= 1e-12 * expected.abs().max()
+    assert tap_dot_products(grad[:0], table, rows[:0]).shape == (0, 7)
 
 
 def test_position_embedding_is_transformers_sine_embedding():

@@ -12,12 +12,13 @@ way; the sums are the same to float32 rounding.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bilinear_taps", "weighted_row_sums"]
+__all__ = ["bilinear_taps", "tap_dot_products", "weighted_row_sums"]
 
 Extent = Union[int, torch.Tensor]
 
@@ -60,8 +61,9 @@ class _WeightedRowSums(torch.autograd.Function):
 
     The table's gradient is the transposed sum, ``grad_table[r] = sum_{(i, j): rows[i, j] = r} weights[i, j] *
     grad_out[i]``: the taps are sorted by row once, then summed per row by ``embedding_bag`` again (on the CPU
-    about twice as fast as ``embedding_bag``'s own backward, which sorts too). The weights' gradient is
-    ``embedding_bag``'s.
+    about twice as fast as ``embedding_bag``'s own backward, which sorts too). The weights' gradient,
+    ``grad_weights[i, j] = grad_out[i] . table[rows[i, j]]``, is a sampled matmul on the taps' pattern
+    (:func:`tap_dot_products`).
     """
 
     @staticmethod
@@ -76,19 +78,38 @@ class _WeightedRowSums(torch.autograd.Function):
         grad_table = grad_weights = None
         if ctx.needs_input_grad[0]:
             flat = rows.reshape(-1)
-            key = flat.int() if table.shape[0] <= torch.iinfo(torch.int32).max else flat  # int32 sorts faster
-            order = torch.sort(key, stable=True)[1]
+            narrow = max(table.shape[0], flat.numel()) <= torch.iinfo(torch.int32).max  # int32 sorts, divides faster
+            order = torch.sort(flat.int() if narrow else flat, stable=True)[1]
             counts = torch.bincount(flat, minlength=table.shape[0])
             offsets = counts.cumsum(0) - counts
+            if narrow:
+                order, offsets = order.int(), offsets.int()
             source = torch.div(order, rows.shape[1], rounding_mode="floor")  # the output row of each sorted tap
             grad_table = F.embedding_bag(source, grad.contiguous(), offsets,
-                                         per_sample_weights=weights.reshape(-1)[order], mode="sum")
+                                         per_sample_weights=weights.reshape(-1).index_select(0, order), mode="sum")
         if ctx.needs_input_grad[2]:
-            with torch.enable_grad():
-                leaf = weights.detach().requires_grad_()
-                out = F.embedding_bag(rows, table.detach(), per_sample_weights=leaf, mode="sum")
-                grad_weights, = torch.autograd.grad(out, leaf, grad)
+            grad_weights = tap_dot_products(grad, table, rows)
         return grad_table, None, grad_weights
+
+
+def tap_dot_products(grad: torch.Tensor, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``out[i, j] = grad[i] . table[rows[i, j]]`` for ``(n, d)`` grad, ``(t, d)`` table and ``(n, k)`` rows.
+
+    A sampled dense-dense matmul (SDDMM): ``grad @ table.T`` evaluated only at the taps, as
+    ``torch.sparse.sampled_addmm`` on a CSR pattern of ``k`` taps per row (on the CPU about 5x faster than
+    ``embedding_bag``'s per-sample-weights backward, which makes one dot-product call per tap). The pattern may
+    repeat a row within a row of taps and is not sorted: the kernel computes every stored entry on its own.
+    """
+    n, k = rows.shape
+    if rows.numel() == 0:
+        return grad.new_zeros(n, k)
+    crow = torch.arange(0, n * k + 1, k, device=rows.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's one-time "sparse CSR support is in beta state"
+        pattern = torch.sparse_csr_tensor(crow, rows.reshape(-1), grad.new_zeros(n * k), size=(n, table.shape[0]),
+                                          check_invariants=False)
+    torch.sparse.sampled_addmm(pattern, grad.contiguous(), table.t(), beta=0, out=pattern)  # in place: no copy
+    return pattern.values().view(n, k)
 
 
 def weighted_row_sums(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
