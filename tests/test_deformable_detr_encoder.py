@@ -134,7 +134,8 @@ def test_weighted_row_sums_gradcheck_with_repeated_rows():
 
 def test_tap_dot_products_is_its_definition_on_unsorted_repeated_rows():
     """The weights' gradient (a sampled matmul on a CSR pattern that repeats and does not sort its columns)
-    against the plain gather-and-dot, in float64; no rows gives an empty result, not an error."""
+    against the plain gather-and-dot, in float64, also with more taps per row than the table has rows; no rows
+    gives an empty result, not an error."""
     torch.manual_seed(0)
     grad, table = torch.randn(40, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
     rows = torch.randint(0, 9, (40, 7))
@@ -142,6 +143,9 @@ def test_tap_dot_products_is_its_definition_on_unsorted_repeated_rows():
     expected = (grad[:, None, :] * table[rows]).sum(-1)
     assert (tap_dot_products(grad, table, rows) - expected).abs().max() <= 1e-12 * expected.abs().max()
     assert tap_dot_products(grad[:0], table, rows[:0]).shape == (0, 7)
+    few = rows % 3  # more taps per row (7) than table rows (3): more taps than a (40, 3) sparse tensor can hold
+    expected = (grad[:, None, :] * table[few]).sum(-1)
+    assert (tap_dot_products(grad, table[:3], few) - expected).abs().max() <= 1e-12 * expected.abs().max()
 
 
 def test_position_embedding_is_transformers_sine_embedding():

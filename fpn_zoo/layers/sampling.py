@@ -98,11 +98,15 @@ def tap_dot_products(grad: torch.Tensor, table: torch.Tensor, rows: torch.Tensor
     A sampled dense-dense matmul (SDDMM): ``grad @ table.T`` evaluated only at the taps, as
     ``torch.sparse.sampled_addmm`` on a CSR pattern of ``k`` taps per row (on the CPU about 5x faster than
     ``embedding_bag``'s per-sample-weights backward, which makes one dot-product call per tap). The pattern may
-    repeat a row within a row of taps and is not sorted: the kernel computes every stored entry on its own.
+    repeat a row within a row of taps and is not sorted: the kernel computes every stored entry on its own. torch
+    keeps at most ``n * t`` entries of an ``(n, t)`` CSR tensor, so when the taps outnumber the table's rows
+    (``k > t``) the whole ``(n, t)`` product, then no larger than the taps, is computed and gathered instead.
     """
     n, k = rows.shape
     if rows.numel() == 0:
         return grad.new_zeros(n, k)
+    if k > table.shape[0]:
+        return torch.gather(grad @ table.t(), 1, rows)
     crow = torch.arange(0, n * k + 1, k, device=rows.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's one-time "sparse CSR support is in beta state"
