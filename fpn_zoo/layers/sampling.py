@@ -5,9 +5,9 @@ once its grid is converted) is the weighted sum of its four neighbouring pixels,
 weight, neighbours outside the map weighing 0 (zero padding). Deformable convolution (DCNv2) and multi-scale
 deformable attention (Deformable DETR) then scale every read by a mask or an attention weight and sum or
 contract the reads: written as one list of ``(row, weight)`` taps per output row, all of it is a single
-``embedding_bag`` over the map laid out as a table of rows (positions x channels), forward and backward, with
-no ``(channels, reads)`` tensor of sampled values in between (``grid_sample``'s output, then multiplied and
-summed). On the CPU a detector's training step with either deformable neck takes about 0.6x the time that
+``embedding_bag`` over the map laid out as a table of rows (positions x channels), forward and for the table's
+gradient (the taps' weights get theirs from one sampled matmul), with no ``(channels, reads)`` tensor of sampled
+values in between (``grid_sample``'s output, then multiplied and summed). On the CPU a detector's training step with either deformable neck takes about 0.6x the time that
 way; the sums are the same to float32 rounding.
 """
 from __future__ import annotations
