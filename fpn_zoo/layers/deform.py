@@ -78,7 +78,7 @@ def sampled_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
     Tap ``(i, j)`` of output pixel ``(y, x)`` reads the input at ``(y * stride - padding + i * dilation + dy,
     x * stride - padding + j * dilation + dx)``, bilinearly with zeros outside the map, times its mask; the taps
     are then contracted with the weight as an im2col conv is. Each masked read is one weighted sum of four input
-    pixels (:mod:`fpn_zoo.layers.sampling`, ``embedding_bag`` forward and backward), laid out position-major so
+    pixels (:mod:`fpn_zoo.layers.sampling`, ``embedding_bag``, with its own backward), laid out position-major so
     that the contraction is one plain matmul. While ``torch.compile`` / ``torch.export`` trace, the reads go
     through ``grid_sample`` instead (ops every backend and ONNX know).
     """
