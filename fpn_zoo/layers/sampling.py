@@ -7,8 +7,8 @@ deformable attention (Deformable DETR) then scale every read by a mask or an att
 contract the reads: written as one list of ``(row, weight)`` taps per output row, all of it is a single
 ``embedding_bag`` over the map laid out as a table of rows (positions x channels), forward and for the table's
 gradient (the taps' weights get theirs from one sampled matmul), with no ``(channels, reads)`` tensor of sampled
-values in between (``grid_sample``'s output, then multiplied and summed). On the CPU a detector's training step with either deformable neck takes about 0.6x the time that
-way; the sums are the same to float32 rounding.
+values in between (``grid_sample``'s output, then multiplied and summed). On the CPU a detector's training step
+with either deformable neck takes about 0.6x the time that way; the sums are the same to float32 rounding.
 """
 from __future__ import annotations
 

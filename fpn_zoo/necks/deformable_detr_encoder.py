@@ -126,7 +126,7 @@ def multi_scale_deformable_attention(value: torch.Tensor, shapes: Shapes, sampli
     """Multi-scale deformable attention in plain PyTorch: the math of transformers' pure-PyTorch fallback.
 
     Every query's output is one weighted sum of value rows: its ``levels * points`` samples' four bilinear taps
-    each (:mod:`fpn_zoo.layers.sampling`), summed as one weighted row sum (``embedding_bag``, with its own backward), without the
+    each (:mod:`fpn_zoo.layers.sampling`), summed by ``embedding_bag`` (with a backward of its own), without the
     sampled values (``grid_sample`` makes a ``(batch * heads, head_dim, queries, points)`` tensor per level, then
     multiplies and sums it). The same sum to float32 rounding; on the CPU a detector's training step with the
     whole encoder takes about 0.6x the time, inference about 0.75x. On other devices (not measured here), and
