@@ -113,7 +113,7 @@ class Question:
 # direction (the notes' 64-channel pair and the papers' 256-channel defaults), and the two baselines.
 QUESTION_VARIANTS: Tuple[str, ...] = (
     "fpn_bn_lrelu_64", "fpn_bn_lrelu_128", "fpn_bn_lrelu_256",
-    "fpn_deep2_bn_lrelu_64", "fpn_deep3_bn_lrelu_64",
+    "fpn_deep2_bn_lrelu_64", "fpn_deep3_bn_lrelu_64", "fpn_deep2", "fpn_deep3",
     "pan_bn_lrelu_64", "fpn", "pan",
     "single_level_64", "no_top_down_64",
 )

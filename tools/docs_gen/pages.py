@@ -368,6 +368,13 @@ def render_questions(qs: Mapping[str, Question], latency: Mapping[str, float], d
         out.append(f"\nCost: each extra block adds {(d2.params - d1.params):,} parameters and "
                    f"{(d2.flops - d1.flops) / 1e9:.3f} GFLOPs here: one 3x3 conv per output level.\n")
     out.append(accuracy_lines([("two blocks", depth[2], base), ("three blocks", depth[3], base)]))
+    out.append("\nAt 256 channels the registry has the deeper stacks with BatchNorm and ReLU (`fpn_deep2`, "
+               "`fpn_deep3`): their one-block counterpart with a norm is `fpn_bn_lrelu_256` (LeakyReLU 0.1 instead of "
+               "ReLU), not `fpn`, whose convs have no norm at all.\n")
+    out.append(table([row("smooth_depth=1, 256 ch", "fpn_bn_lrelu_256"), row("smooth_depth=2, 256 ch", "fpn_deep2"),
+                      row("smooth_depth=3, 256 ch", "fpn_deep3"), row("256 ch, no norm", "fpn")]))
+    out.append(accuracy_lines([("two blocks, 256 ch", "fpn_deep2", "fpn_bn_lrelu_256"),
+                               ("three blocks, 256 ch", "fpn_deep3", "fpn_bn_lrelu_256")]))
 
     out.append("\n## Why not push from the other direction (bottom-up)?\n")
     out.append("That is PANet: the FPN's top-down path, then a bottom-up path of stride-2 convs. Top-down only "
