@@ -106,8 +106,8 @@ def tap_dot_products(grad: torch.Tensor, table: torch.Tensor, rows: torch.Tensor
     if rows.numel() == 0:
         return grad.new_zeros(n, k)
     if k > table.shape[0]:
-        return torch.gather(grad @ table.t(), 1, rows)
-    crow = torch.arange(0, n * k + 1, k, device=rows.device)
+        return torch.gather(grad @ table.t(), 1, rows.long())
+    crow = torch.arange(0, n * k + 1, k, device=rows.device, dtype=rows.dtype)  # CSR wants one index dtype
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's one-time "sparse CSR support is in beta state"
         pattern = torch.sparse_csr_tensor(crow, rows.reshape(-1), grad.new_zeros(n * k), size=(n, table.shape[0]),
