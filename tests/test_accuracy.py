@@ -14,7 +14,8 @@ pytest.importorskip("pycocotools")
 
 from fpn_zoo.accuracy import DigitScenes, Recipe, SceneConfig, coco_metrics, load_results, run_many  # noqa: E402
 from fpn_zoo.accuracy.evaluate import METRICS, area_ranges  # noqa: E402
-from fpn_zoo.accuracy.recipe import attachment, backbone_and_neck, build_detector, train_detector  # noqa: E402
+from fpn_zoo.accuracy.recipe import (  # noqa: E402
+    RegressionWatch, attachment, backbone_and_neck, build_detector, train_detector)
 from fpn_zoo.accuracy.runner import _cost, estimate_seconds  # noqa: E402
 from fpn_zoo.accuracy.scenes import TEST_SEED, split_indices  # noqa: E402
 from fpn_zoo.cli import main  # noqa: E402
@@ -201,6 +202,68 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_
     assert resumed["loss_terms"] == expected["loss_terms"] and expected["loss_terms"]
     other_seed = train_detector(fresh(), recipe, seed=2, checkpoint=ckpt, checkpoint_seconds=1e9)
     assert other_seed["losses"] != expected["losses"]  # a checkpoint of another seed is not resumed
+
+
+def _tiny_detector(recipe):
+    torch.manual_seed(0)
+    return build_detector("fpn_bn_lrelu_64", recipe)
+
+
+def test_a_dead_box_regression_is_revived_and_recorded():
+    """A regression negative at every location (bias -20: every box has zero size) is re-initialised after
+    ``revive_after`` steps in a row, and then predicts boxes of positive area again."""
+    recipe = dataclasses.replace(TINY, steps=5)
+    model = _tiny_detector(recipe)
+    layer = model.head.regression_head.bbox_reg
+    with torch.no_grad():
+        layer.bias.fill_(-20.0)
+    trained = train_detector(model, recipe, seed=1, revive_after=3)
+    assert trained["revived"] == [3]
+    assert float(layer.bias.detach().abs().max()) < 1.0  # re-initialised (bias 0), then two small AdamW steps
+    watch = RegressionWatch(layer)
+    model.eval()
+    with torch.no_grad():
+        model([torch.rand(3, 64, 64)])
+    watch.remove()
+    assert watch.alive
+
+
+def test_a_dead_regression_is_left_dead_when_the_guard_is_off():
+    recipe = dataclasses.replace(TINY, steps=4)
+    model = _tiny_detector(recipe)
+    with torch.no_grad():
+        model.head.regression_head.bbox_reg.bias.fill_(-20.0)
+    trained = train_detector(model, recipe, seed=1, revive_after=0)
+    assert trained["revived"] == [] and float(model.head.regression_head.bbox_reg.bias.detach().max()) < -19
+
+
+def test_the_guard_changes_nothing_in_a_run_whose_regression_lives():
+    recipe = dataclasses.replace(TINY, steps=4)
+    guarded, plain = _tiny_detector(recipe), _tiny_detector(recipe)
+    a = train_detector(guarded, recipe, seed=1, revive_after=1)
+    b = train_detector(plain, recipe, seed=1, revive_after=0)
+    assert a["revived"] == [] and a["losses"] == b["losses"]
+    for (name, x), y in zip(guarded.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_the_watch_needs_positive_width_and_height():
+    conv = torch.nn.Conv2d(1, 4, 1)
+    watch = RegressionWatch(conv)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0]))  # l, r > 0 but t, b <= 0: zero height
+        conv(torch.zeros(1, 1, 2, 2))
+        assert not watch.alive
+        conv.bias.copy_(torch.tensor([-1.0, 1.0, 0.0, -1.0]))  # t > 0 only: zero width
+        conv(torch.zeros(1, 1, 2, 2))
+        assert not watch.alive
+        conv.bias.copy_(torch.tensor([-1.0, 1.0, 0.5, -1.0]))  # r and t > 0: a box of positive area
+        conv(torch.zeros(1, 1, 2, 2))
+        assert watch.alive
+    watch.reset()
+    assert not watch.alive
+    watch.remove()
 
 
 @pytest.mark.slow

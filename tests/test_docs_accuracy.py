@@ -248,6 +248,17 @@ def test_runs_that_detected_nothing_are_named_with_their_loss(results):
     assert "other seeds; box-regression loss 1.000)" in generate(data)["accuracy.md"]
 
 
+def test_runs_whose_regression_was_revived_are_named_with_the_steps(results):
+    assert "re-initialised**" not in generate(results)["accuracy.md"]
+    data = json.loads(results.read_text())
+    next(r for r in data["results"] if r["neck"] == "fpn_bn_lrelu_128" and r["seed"] == 1)["revived"] = [10, 40]
+    next(r for r in data["results"] if r["neck"] == "fpn_bn_lrelu_64" and r["seed"] == 2)["revived"] = []
+    text = generate(data)["accuracy.md"].split("## Reproducibility")[1].split("## Not measured")[0]
+    note = text.split("re-initialised**")[1]
+    assert "[fpn_bn_lrelu_128](necks/fpn_bn_lrelu_128.md) seed 1 (after step 10, 40)" in note
+    assert "fpn_bn_lrelu_64]" not in note
+
+
 def test_kept_latency_is_written_and_only_the_variants_without_one_are_timed(results):
     files = docs_gen.generate(["fpn_bn_lrelu_64", "fpn_bn_lrelu_128"], reference=SMALL, latency_reps=1,
                               results=results, questions=False, parity=False, accuracy=False,

@@ -15,6 +15,12 @@ What every run shares (so a difference between two rows is the neck's):
   YOLOF's encoder, CenterNet's, the ViTDet simple pyramid). Each run records which (``inputs``).
 * **Training**: the same steps, batch, schedule (linear warm-up, cosine decay) and seeds; AdamW, the backbone
   at a lower learning rate than the neck and head.
+* **Dead box regression**: torchvision's FCOS passes its box regression through a ReLU; a run whose regression
+  goes negative everywhere predicts only zero-size boxes, which get no gradient, so it never recovers and
+  detects nothing (one early run did). When no location of a batch predicts a box of positive area for
+  :data:`REVIVE_AFTER` steps in a row, the regression layer is re-initialised as torchvision initialises it and
+  its optimizer state dropped; the run records the steps (``revived``). A run whose regression never dies is
+  computed exactly as without this guard.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -34,13 +40,16 @@ from torch import nn
 from .._features import FeatureSpec
 from .scenes import DigitScenes, SceneConfig
 
-__all__ = ["Recipe", "ATTACHMENTS", "attachment", "build_backbone", "pretrained_backbone", "build_detector",
-           "train_detector", "cache_dir"]
+__all__ = ["Recipe", "ATTACHMENTS", "REVIVE_AFTER", "RegressionGuard", "attachment", "build_backbone",
+           "pretrained_backbone", "build_detector", "train_detector", "cache_dir"]
 
 #: How a neck is attached to the backbone, in the order tried: the first the neck builds on is used.
 ATTACHMENTS = ("levels", "c3_c5", "fpn_first", "last_stage")
 #: The neck put first for ``fpn_first``.
 FIRST_NECK = "fpn"
+
+#: Steps in a row without a box of positive area after which FCOS's box regression layer is re-initialised.
+REVIVE_AFTER = 10
 
 MEAN = (0.3, 0.3, 0.3)
 STD = (0.3, 0.3, 0.3)
@@ -247,17 +256,94 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> List[Dict[str, Any]]:
     ]
 
 
+class RegressionWatch:
+    """Whether FCOS's box regression predicted any box of positive area since :meth:`reset`.
+
+    A forward hook on the head's ``bbox_reg`` conv reads its output before torchvision's ReLU: a location's box,
+    ``(l, t, r, b)`` distances after the ReLU, has positive area when ``l`` or ``r`` is positive and ``t`` or
+    ``b`` is. The hook only reads the output, so watching changes nothing that is computed.
+    """
+
+    def __init__(self, layer: nn.Conv2d) -> None:
+        self.layer = layer
+        self.alive = False
+        self._handle = layer.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if self.alive:
+            return
+        positive = (output.detach() > 0).unflatten(1, (-1, 4))  # (N, anchors, 4 = l t r b, H, W)
+        width = positive[:, :, 0] | positive[:, :, 2]
+        height = positive[:, :, 1] | positive[:, :, 3]
+        self.alive = bool((width & height).any())
+
+    def reset(self) -> None:
+        self.alive = False
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class RegressionGuard:
+    """Re-initialises FCOS's box regression after ``patience`` training steps in a row without a box of positive
+    area (see the module docstring), as torchvision initialises it (normal, std 0.01; bias 0), and drops its
+    optimizer state (the moments that drove it negative). ``revived`` lists the steps after which it did.
+
+    A model without an FCOS regression head, or ``patience`` 0, is left alone.
+    """
+
+    def __init__(self, model: nn.Module, patience: int) -> None:
+        layer = getattr(getattr(getattr(model, "head", None), "regression_head", None), "bbox_reg", None)
+        self.watch = RegressionWatch(layer) if patience > 0 and isinstance(layer, nn.Conv2d) else None
+        self.patience = patience
+        self.dead_steps = 0
+        self.revived: List[int] = []
+
+    def before_step(self) -> None:
+        if self.watch is not None:
+            self.watch.reset()
+
+    def after_step(self, step: int, opt: torch.optim.Optimizer) -> bool:
+        """Count the step just taken (``step`` steps done); re-initialise if dead too long. True if it did."""
+        if self.watch is None:
+            return False
+        self.dead_steps = 0 if self.watch.alive else self.dead_steps + 1
+        if self.dead_steps < self.patience:
+            return False
+        layer = self.watch.layer
+        with torch.no_grad():
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+        for p in (layer.weight, layer.bias):
+            opt.state.pop(p, None)
+        self.revived.append(step)
+        self.dead_steps = 0
+        return True
+
+    def state(self) -> Dict[str, Any]:
+        return {"revived": list(self.revived), "dead_steps": self.dead_steps}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.revived, self.dead_steps = list(state.get("revived", [])), int(state.get("dead_steps", 0))
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.remove()
+
+
 def train_detector(
     model: nn.Module, recipe: Recipe, seed: int, log: Optional[Callable[[str], None]] = None,
     evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
-    checkpoint: Optional[Path] = None, checkpoint_seconds: float = 300.0,
+    checkpoint: Optional[Path] = None, checkpoint_seconds: float = 300.0, revive_after: int = REVIVE_AFTER,
 ) -> Dict[str, Any]:
     """Train ``model`` by the recipe on fresh train scenes drawn from ``seed``.
 
     Returns ``{"seconds", "losses": [(step, loss), ...], "loss_terms": [(step, {term: loss}), ...],
-    "curve": [(step, metrics), ...]}``: the total loss and each of the detector's loss terms as running means
-    (weight 0.1 on the newest step) every 50 steps; the curve holds ``evaluate(model)`` every
-    ``recipe.eval_every`` steps (none when 0); ``seconds`` is training time only, summed over resumptions.
+    "curve": [(step, metrics), ...], "revived": [step, ...]}``: the total loss and each of the detector's loss
+    terms as running means (weight 0.1 on the newest step) every 50 steps; the curve holds ``evaluate(model)``
+    every ``recipe.eval_every`` steps (none when 0); ``seconds`` is training time only, summed over resumptions;
+    ``revived`` the steps after which a dead box regression was re-initialised (after ``revive_after`` steps in
+    a row without a box of positive area; never when 0; see :class:`RegressionGuard`).
 
     With ``checkpoint`` (a file path), the whole training state (model, optimizer, schedule, step, curves, RNG)
     is saved there every ``checkpoint_seconds`` of training, and a run that finds a checkpoint of the same
@@ -274,6 +360,7 @@ def train_detector(
     terms: Dict[str, float] = {}  # running mean of each loss term
     curve: List[Tuple[int, Dict[str, float]]] = []
     running: Optional[float] = None
+    guard = RegressionGuard(model, revive_after)
     first, before = 0, 0.0  # the step to start from, training seconds of earlier sittings
     identity = {"recipe_key": recipe.key(), "seed": seed}
     if checkpoint is not None and Path(checkpoint).exists():
@@ -287,44 +374,51 @@ def train_detector(
             losses, curve = [tuple(x) for x in state["losses"]], [tuple(x) for x in state["curve"]]
             loss_terms = [tuple(x) for x in state.get("loss_terms", [])]
             terms = dict(state.get("terms", {}))
+            guard.load_state(state.get("guard", {}))
             if log is not None:
                 log(f"resumed from {checkpoint} at step {first}")
     start = last_save = time.perf_counter()
     model.train()
     batches = scenes.batches(recipe.batch, start=first * recipe.batch)
-    for step, (images, targets) in zip(range(first, recipe.steps), batches):
-        loss_dict = model(list(images), targets)
-        loss = sum(loss_dict.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-        opt.step()
-        sched.step()
-        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-        for name, term in loss_dict.items():
-            terms[name] = term.item() if name not in terms else 0.9 * terms[name] + 0.1 * term.item()
-        if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
-            losses.append((step + 1, round(running, 4)))
-            loss_terms.append((step + 1, {name: round(v, 4) for name, v in terms.items()}))
-            if log is not None:
-                log(f"step {step + 1}/{recipe.steps} loss {running:.3f} "
-                    f"({before + time.perf_counter() - start:.0f} s)")
-        if evaluate is not None and recipe.eval_every and (step + 1) % recipe.eval_every == 0 \
-                and step + 1 < recipe.steps:
-            curve.append((step + 1, evaluate(model)))
-            model.train()
-        now = time.perf_counter()
-        if checkpoint is not None and step + 1 < recipe.steps and now - last_save >= checkpoint_seconds:
-            _save_checkpoint(Path(checkpoint), {
-                "identity": identity, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
-                "seconds": before + now - start, "running": running, "losses": losses, "curve": curve,
-                "terms": terms, "loss_terms": loss_terms})
-            last_save = time.perf_counter()
+    try:
+        for step, (images, targets) in zip(range(first, recipe.steps), batches):
+            guard.before_step()
+            loss_dict = model(list(images), targets)
+            loss = sum(loss_dict.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            opt.step()
+            sched.step()
+            if guard.after_step(step + 1, opt) and log is not None:
+                log(f"step {step + 1}: no box of positive area for {revive_after} steps; box regression re-initialised")
+            running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+            for name, term in loss_dict.items():
+                terms[name] = term.item() if name not in terms else 0.9 * terms[name] + 0.1 * term.item()
+            if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
+                losses.append((step + 1, round(running, 4)))
+                loss_terms.append((step + 1, {name: round(v, 4) for name, v in terms.items()}))
+                if log is not None:
+                    log(f"step {step + 1}/{recipe.steps} loss {running:.3f} "
+                        f"({before + time.perf_counter() - start:.0f} s)")
+            if evaluate is not None and recipe.eval_every and (step + 1) % recipe.eval_every == 0 \
+                    and step + 1 < recipe.steps:
+                curve.append((step + 1, evaluate(model)))
+                model.train()
+            now = time.perf_counter()
+            if checkpoint is not None and step + 1 < recipe.steps and now - last_save >= checkpoint_seconds:
+                _save_checkpoint(Path(checkpoint), {
+                    "identity": identity, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "step": step + 1,
+                    "seconds": before + now - start, "running": running, "losses": losses, "curve": curve,
+                    "terms": terms, "loss_terms": loss_terms, "guard": guard.state()})
+                last_save = time.perf_counter()
+    finally:
+        guard.close()
     return {"seconds": before + time.perf_counter() - start, "losses": losses, "loss_terms": loss_terms,
-            "curve": curve}
+            "curve": curve, "revived": guard.revived}
 
 
 def _save_checkpoint(path: Path, state: Dict[str, Any]) -> None:

@@ -87,7 +87,7 @@ def run_one(neck: str, seed: int, recipe: Recipe = Recipe(), log: Optional[Calla
         "inputs": how, "metrics": metrics, **cost,
         "train_seconds": round(trained["seconds"], 1), "eval_seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(), "losses": trained["losses"],
-        "loss_terms": [[s, t] for s, t in trained["loss_terms"]],
+        "loss_terms": [[s, t] for s, t in trained["loss_terms"]], "revived": trained["revived"],
         "curve": [[s, {"AP": m["AP"], "agnostic_AP": m["agnostic_AP"]}] for s, m in trained["curve"]],
         "versions": _versions(), "machine": platform.machine(), "processor": platform.processor() or "",
         "cpu": cpu_name(),

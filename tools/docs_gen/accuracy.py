@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from fpn_zoo.accuracy.recipe import REVIVE_AFTER
 from fpn_zoo.accuracy.results import Accuracy, Measured, read_accuracy
 
 from .markdown import GENERATED_NOTE, NECK_DIR, latency_cell, md_table, mparams
@@ -29,7 +30,7 @@ from .measuring import VariantDoc
 __all__ = [
     "RESULTS_NAME", "PLOT", "CURVES_PLOT", "NOTES_TAG", "Png", "Measured", "Accuracy", "load_accuracy", "compare",
     "pareto_front", "ap_cell", "page_section", "render_accuracy", "accuracy_files", "measure_command", "leave_one_out",
-    "reproducibility_text", "silent_runs", "REPRO_TOLERANCE",
+    "reproducibility_text", "silent_runs", "revived_runs_text", "REPRO_TOLERANCE",
 ]
 
 RESULTS_NAME = "accuracy.json"  # beside the pages: docs/accuracy.json
@@ -123,8 +124,20 @@ def silent_runs_text(acc: Accuracy) -> str:
             "the regression through a ReLU, and once it is negative at every location every box has zero size, is "
             "dropped before scoring, and no gradient brings the layer back (its GIoU loss sits at exactly 1). "
             "`python benchmarks/fcos_dead_regression.py` trains the detector with the regression dead from the "
-            "start and shows the same signature. The recipe keeps torchvision's head, so such a run stays in the "
-            "table as it came out.\n")
+            "start and shows the same signature. The recipe now re-initialises a regression that predicts no box "
+            f"of positive area for {REVIVE_AFTER} steps in a row (`RegressionGuard` in "
+            "`fpn_zoo/accuracy/recipe.py`), so such a run was made without it or died again after it.\n")
+
+
+def revived_runs_text(acc: Accuracy) -> str:
+    """Names the runs whose dead box regression the recipe re-initialised (empty when none was)."""
+    named = [f"[{m.name}]({NECK_DIR}/{m.name}.md) seed {r.get('seed', 0)} (after step "
+             + ", ".join(str(s) for s in r["revived"]) + ")"
+             for m in acc.by_neck.values() for r in m.runs if r.get("revived")]
+    if not named:
+        return ""
+    return ("**Runs whose box regression was re-initialised** (it predicted no box of positive area for "
+            f"{REVIVE_AFTER} steps in a row): " + ", ".join(named) + ".\n")
 
 
 def load_accuracy(source: Union[str, Path, Mapping[str, Any], Accuracy, None] = None,
@@ -368,7 +381,9 @@ def _recipe_text() -> str:
         "FPN), or the last stage alone (necks that read one map). The table's *inputs* column says which.\n"
         f"- **Training**: {r.steps} steps of batch {r.batch}, AdamW (lr {r.lr:g}, the backbone at "
         f"{r.backbone_lr_scale:g}x), {r.warmup} warm-up steps then cosine decay, one CPU thread; the same for "
-        "every neck, so a difference between two rows is the neck's (and the seed's).\n"
+        "every neck, so a difference between two rows is the neck's (and the seed's). A box regression that "
+        f"predicts no box of positive area for {REVIVE_AFTER} steps in a row (torchvision's FCOS passes it through "
+        "a ReLU, and once dead it gets no gradient) is re-initialised; a run that needs it says so below.\n"
         "- **Evaluation**: pycocotools' AP (IoU 0.50:0.95), AP50, AP75 and AP by object size with COCO's area "
         "buckets scaled to the 128 px canvas: small < 16², medium 16²-32², large > 32² px. **Agnostic AP** "
         "treats every box as one class (after a class-agnostic NMS): localisation alone, which is what a neck "
@@ -456,6 +471,7 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
         out.append("\n## Reproducibility\n")
         out.append(reproducibility_text(acc))
         out.append(silent_runs_text(acc))
+        out.append(revived_runs_text(acc))
     out.append("\n## Not measured yet\n")
     if missing:
         out.append(f"{len(missing)} registered variants have no run of the published recipe yet: "
