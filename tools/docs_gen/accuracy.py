@@ -470,8 +470,7 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
         out.append(f"![AP against CPU latency]({PLOT})\n")
         out.append("\n## Reproducibility\n")
         out.append(reproducibility_text(acc))
-        out.append(silent_runs_text(acc))
-        out.append(revived_runs_text(acc))
+        out.extend(text for text in (silent_runs_text(acc), revived_runs_text(acc)) if text)
     out.append("\n## Not measured yet\n")
     if missing:
         out.append(f"{len(missing)} registered variants have no run of the published recipe yet: "
