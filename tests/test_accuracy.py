@@ -228,6 +228,32 @@ def test_a_dead_box_regression_is_revived_and_recorded():
     assert watch.alive
 
 
+def test_a_resumed_run_keeps_counting_dead_steps_from_its_checkpoint(tmp_path):
+    """Dead from the start, stopped after step 1 (one dead step saved) and resumed: revived after step 3, as
+    the uninterrupted run is (not after step 4, as a count restarted at 0 would be)."""
+    recipe = dataclasses.replace(TINY, steps=4, eval_every=2)
+
+    def dead():
+        model = _tiny_detector(recipe)
+        with torch.no_grad():
+            model.head.regression_head.bbox_reg.bias.fill_(-20.0)
+        return model
+
+    assert train_detector(dead(), recipe, seed=1, revive_after=3, evaluate=lambda m: {})["revived"] == [3]
+
+    class Stop(Exception):
+        pass
+
+    def stop(model):
+        raise Stop
+
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(Stop):
+        train_detector(dead(), recipe, seed=1, revive_after=3, evaluate=stop, checkpoint=ckpt, checkpoint_seconds=0)
+    resumed = train_detector(dead(), recipe, seed=1, revive_after=3, evaluate=lambda m: {}, checkpoint=ckpt)
+    assert resumed["revived"] == [3]
+
+
 def test_a_dead_regression_is_left_dead_when_the_guard_is_off():
     recipe = dataclasses.replace(TINY, steps=4)
     model = _tiny_detector(recipe)
