@@ -14,8 +14,8 @@ pytest.importorskip("pycocotools")
 
 from fpn_zoo.accuracy import DigitScenes, Recipe, SceneConfig, coco_metrics, load_results, run_many  # noqa: E402
 from fpn_zoo.accuracy.evaluate import METRICS, area_ranges  # noqa: E402
-from fpn_zoo.accuracy.recipe import (  # noqa: E402
-    RegressionWatch, attachment, backbone_and_neck, build_detector, train_detector)
+from fpn_zoo.accuracy.recipe import attachment, backbone_and_neck, build_detector, train_detector  # noqa: E402
+from fpn_zoo.accuracy.regression_guard import RegressionWatch  # noqa: E402
 from fpn_zoo.accuracy.runner import _cost, estimate_seconds  # noqa: E402
 from fpn_zoo.accuracy.scenes import TEST_SEED, split_indices  # noqa: E402
 from fpn_zoo.cli import main  # noqa: E402

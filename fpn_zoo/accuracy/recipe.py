@@ -32,12 +32,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .._features import FeatureSpec
+from .regression_guard import REVIVE_AFTER, RegressionGuard
 from .scenes import DigitScenes, SceneConfig
 
 __all__ = ["Recipe", "ATTACHMENTS", "REVIVE_AFTER", "RegressionGuard", "attachment", "build_backbone",
@@ -47,9 +48,6 @@ __all__ = ["Recipe", "ATTACHMENTS", "REVIVE_AFTER", "RegressionGuard", "attachme
 ATTACHMENTS = ("levels", "c3_c5", "fpn_first", "last_stage")
 #: The neck put first for ``fpn_first``.
 FIRST_NECK = "fpn"
-
-#: Steps in a row without a box of positive area after which FCOS's box regression layer is re-initialised.
-REVIVE_AFTER = 10
 
 MEAN = (0.3, 0.3, 0.3)
 STD = (0.3, 0.3, 0.3)
@@ -254,81 +252,6 @@ def _param_groups(model: nn.Module, recipe: Recipe) -> List[Dict[str, Any]]:
         {"params": decay, "lr": recipe.lr},
         {"params": no_decay, "lr": recipe.lr, "weight_decay": 0.0},
     ]
-
-
-class RegressionWatch:
-    """Whether FCOS's box regression predicted any box of positive area since :meth:`reset`.
-
-    A forward hook on the head's ``bbox_reg`` conv reads its output before torchvision's ReLU: a location's box,
-    ``(l, t, r, b)`` distances after the ReLU, has positive area when ``l`` or ``r`` is positive and ``t`` or
-    ``b`` is. The hook only reads the output, so watching changes nothing that is computed.
-    """
-
-    def __init__(self, layer: nn.Conv2d) -> None:
-        self.layer = layer
-        self.alive = False
-        self._handle = layer.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        if self.alive:
-            return
-        positive = (output.detach() > 0).unflatten(1, (-1, 4))  # (N, anchors, 4 = l t r b, H, W)
-        width = positive[:, :, 0] | positive[:, :, 2]
-        height = positive[:, :, 1] | positive[:, :, 3]
-        self.alive = bool((width & height).any())
-
-    def reset(self) -> None:
-        self.alive = False
-
-    def remove(self) -> None:
-        self._handle.remove()
-
-
-class RegressionGuard:
-    """Re-initialises FCOS's box regression after ``patience`` training steps in a row without a box of positive
-    area (see the module docstring), as torchvision initialises it (normal, std 0.01; bias 0), and drops its
-    optimizer state (the moments that drove it negative). ``revived`` lists the steps after which it did.
-
-    A model without an FCOS regression head, or ``patience`` 0, is left alone.
-    """
-
-    def __init__(self, model: nn.Module, patience: int) -> None:
-        layer = getattr(getattr(getattr(model, "head", None), "regression_head", None), "bbox_reg", None)
-        self.watch = RegressionWatch(layer) if patience > 0 and isinstance(layer, nn.Conv2d) else None
-        self.patience = patience
-        self.dead_steps = 0
-        self.revived: List[int] = []
-
-    def before_step(self) -> None:
-        if self.watch is not None:
-            self.watch.reset()
-
-    def after_step(self, step: int, opt: torch.optim.Optimizer) -> bool:
-        """Count the step just taken (``step`` steps done); re-initialise if dead too long. True if it did."""
-        if self.watch is None:
-            return False
-        self.dead_steps = 0 if self.watch.alive else self.dead_steps + 1
-        if self.dead_steps < self.patience:
-            return False
-        layer = self.watch.layer
-        with torch.no_grad():
-            nn.init.normal_(layer.weight, std=0.01)
-            nn.init.zeros_(layer.bias)
-        for p in (layer.weight, layer.bias):
-            opt.state.pop(p, None)
-        self.revived.append(step)
-        self.dead_steps = 0
-        return True
-
-    def state(self) -> Dict[str, Any]:
-        return {"revived": list(self.revived), "dead_steps": self.dead_steps}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.revived, self.dead_steps = list(state.get("revived", [])), int(state.get("dead_steps", 0))
-
-    def close(self) -> None:
-        if self.watch is not None:
-            self.watch.remove()
 
 
 def train_detector(
