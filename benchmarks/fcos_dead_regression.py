@@ -10,7 +10,7 @@ inside its target box is exactly 1, and no gradient reaches the regression layer
 This script trains the benchmark's detector three times for ``--steps`` steps (the recipe's schedule compressed
 to them, seed 1): as built; with the regression layer's bias set to -20 before the first step (dead from the
 start) and the recipe's guard off; and dead from the start with the guard on (it re-initialises the layer
-after ``REVIVE_AFTER`` dead steps, fpn_zoo.accuracy.recipe.RegressionGuard). It prints each run's loss terms
+after ``REVIVE_AFTER`` dead steps, fpn_zoo.accuracy.regression_guard.RegressionGuard). It prints each run's loss terms
 (mean of the last 25 steps), AP and class-agnostic AP on test scenes, the fraction of locations whose
 regression is non-zero, and the steps the guard revived it. A run with AP and agnostic AP exactly 0 at every
 evaluation and a total loss stuck near the unguarded dead run's has this signature.
@@ -24,8 +24,8 @@ from typing import Dict, List
 import torch
 
 from fpn_zoo.accuracy.evaluate import evaluate_detector
-from fpn_zoo.accuracy.recipe import (
-    REVIVE_AFTER, Recipe, attachment, build_detector, pretrained_backbone, train_detector)
+from fpn_zoo.accuracy.recipe import Recipe, attachment, build_detector, pretrained_backbone, train_detector
+from fpn_zoo.accuracy.regression_guard import REVIVE_AFTER
 
 
 def run(neck: str, recipe: Recipe, backbone: Dict[str, torch.Tensor], dead: bool, guard: bool,

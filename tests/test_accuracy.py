@@ -169,6 +169,27 @@ def test_a_neck_that_builds_on_no_attachment_names_each_reason():
         attachment("fpn", TINY, {"out_channels": -1})
 
 
+def _tiny_detector(recipe):
+    torch.manual_seed(0)
+    return build_detector("fpn_bn_lrelu_64", recipe)
+
+
+def _dead_detector(recipe):
+    """A tiny detector whose box regression is negative at every location (bias -20: every box has zero size)."""
+    model = _tiny_detector(recipe)
+    with torch.no_grad():
+        model.head.regression_head.bbox_reg.bias.fill_(-20.0)
+    return model
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_evaluation(model):
+    raise _Stop
+
+
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     """Training stopped after step 2 (its checkpoint saved at every step) and started again ends with the
     weights, losses and curve of the run that was never stopped."""
@@ -176,21 +197,13 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_
     curve_metrics = {"AP": 0.5}
 
     def fresh():
-        torch.manual_seed(0)
-        return build_detector("fpn_bn_lrelu_64", recipe)
+        return _tiny_detector(recipe)
 
     whole = fresh()
     expected = train_detector(whole, recipe, seed=1, evaluate=lambda m: curve_metrics)
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_first_evaluation(model):
-        raise Stop
-
     ckpt = tmp_path / "run.ckpt"
-    with pytest.raises(Stop):
-        train_detector(fresh(), recipe, seed=1, evaluate=stop_at_first_evaluation, checkpoint=ckpt,
+    with pytest.raises(_Stop):
+        train_detector(fresh(), recipe, seed=1, evaluate=_stop_at_evaluation, checkpoint=ckpt,
                        checkpoint_seconds=0)
     assert torch.load(ckpt, weights_only=False)["step"] == 1  # saved after step 1; step 2 stopped in evaluate
     resumed_model = fresh()
@@ -204,19 +217,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_
     assert other_seed["losses"] != expected["losses"]  # a checkpoint of another seed is not resumed
 
 
-def _tiny_detector(recipe):
-    torch.manual_seed(0)
-    return build_detector("fpn_bn_lrelu_64", recipe)
-
-
 def test_a_dead_box_regression_is_revived_and_recorded():
     """A regression negative at every location (bias -20: every box has zero size) is re-initialised after
     ``revive_after`` steps in a row, and then predicts boxes of positive area again."""
     recipe = dataclasses.replace(TINY, steps=5)
-    model = _tiny_detector(recipe)
+    model = _dead_detector(recipe)
     layer = model.head.regression_head.bbox_reg
-    with torch.no_grad():
-        layer.bias.fill_(-20.0)
     trained = train_detector(model, recipe, seed=1, revive_after=3)
     assert trained["revived"] == [3]
     assert float(layer.bias.detach().abs().max()) < 1.0  # re-initialised (bias 0), then two small AdamW steps
@@ -232,33 +238,19 @@ def test_a_resumed_run_keeps_counting_dead_steps_from_its_checkpoint(tmp_path):
     """Dead from the start, stopped after step 1 (one dead step saved) and resumed: revived after step 3, as
     the uninterrupted run is (not after step 4, as a count restarted at 0 would be)."""
     recipe = dataclasses.replace(TINY, steps=4, eval_every=2)
+    def train(**kwargs):
+        return train_detector(_dead_detector(recipe), recipe, seed=1, revive_after=3, **kwargs)
 
-    def dead():
-        model = _tiny_detector(recipe)
-        with torch.no_grad():
-            model.head.regression_head.bbox_reg.bias.fill_(-20.0)
-        return model
-
-    assert train_detector(dead(), recipe, seed=1, revive_after=3, evaluate=lambda m: {})["revived"] == [3]
-
-    class Stop(Exception):
-        pass
-
-    def stop(model):
-        raise Stop
-
+    assert train(evaluate=lambda m: {})["revived"] == [3]
     ckpt = tmp_path / "run.ckpt"
-    with pytest.raises(Stop):
-        train_detector(dead(), recipe, seed=1, revive_after=3, evaluate=stop, checkpoint=ckpt, checkpoint_seconds=0)
-    resumed = train_detector(dead(), recipe, seed=1, revive_after=3, evaluate=lambda m: {}, checkpoint=ckpt)
-    assert resumed["revived"] == [3]
+    with pytest.raises(_Stop):
+        train(evaluate=_stop_at_evaluation, checkpoint=ckpt, checkpoint_seconds=0)
+    assert train(evaluate=lambda m: {}, checkpoint=ckpt)["revived"] == [3]
 
 
 def test_a_dead_regression_is_left_dead_when_the_guard_is_off():
     recipe = dataclasses.replace(TINY, steps=4)
-    model = _tiny_detector(recipe)
-    with torch.no_grad():
-        model.head.regression_head.bbox_reg.bias.fill_(-20.0)
+    model = _dead_detector(recipe)
     trained = train_detector(model, recipe, seed=1, revive_after=0)
     assert trained["revived"] == [] and float(model.head.regression_head.bbox_reg.bias.detach().max()) < -19
 

@@ -51,8 +51,8 @@ class RegressionWatch:
 
 class RegressionGuard:
     """Re-initialises FCOS's box regression after ``patience`` training steps in a row without a box of positive
-    area, as torchvision initialises it (normal, std 0.01; bias 0), and drops its
-    optimizer state (the moments that drove it negative). ``revived`` lists the steps after which it did.
+    area, as torchvision initialises it (normal, std 0.01; bias 0), and drops its optimizer state (the moments
+    that drove it negative). ``revived`` lists the steps after which it did.
 
     A model without an FCOS regression head, or ``patience`` 0, is left alone.
     """

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from fpn_zoo.accuracy.recipe import REVIVE_AFTER
+from fpn_zoo.accuracy.regression_guard import REVIVE_AFTER
 from fpn_zoo.accuracy.results import Accuracy, Measured, read_accuracy
 
 from .markdown import GENERATED_NOTE, NECK_DIR, latency_cell, md_table, mparams
@@ -126,7 +126,7 @@ def silent_runs_text(acc: Accuracy) -> str:
             "`python benchmarks/fcos_dead_regression.py` trains the detector with the regression dead from the "
             "start and shows the same signature. The recipe now re-initialises a regression that predicts no box "
             f"of positive area for {REVIVE_AFTER} steps in a row (`RegressionGuard` in "
-            "`fpn_zoo/accuracy/recipe.py`), so such a run was made without it or died again after it.\n")
+            "`fpn_zoo/accuracy/regression_guard.py`), so such a run was made without it or died again after it.\n")
 
 
 def revived_runs_text(acc: Accuracy) -> str:
