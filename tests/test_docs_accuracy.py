@@ -226,6 +226,7 @@ def test_variants_whose_classification_lags_are_named_under_the_table(results):
             r["metrics"].update(AP=0.05, agnostic_AP=0.6)
     text = generate(data)["accuracy.md"]
     note = text.split("## Results")[1].split("## AP against")[0].split("Classification lags")[1]
+    note = note.split("Still climbing")[0]
     assert "[fpn_bn_lrelu_256](necks/fpn_bn_lrelu_256.md) (AP 0.050, agnostic AP 0.600" in note
     assert "fpn_bn_lrelu_64]" not in note and "fpn_bn_lrelu_128" not in note
 
@@ -267,3 +268,34 @@ def test_kept_latency_is_written_and_only_the_variants_without_one_are_timed(res
     assert "123.00 ms" in rows["fpn_bn_lrelu_64"]
     timed = [c for c in rows["fpn_bn_lrelu_128"] if c.endswith(" ms")]
     assert timed and timed[0] not in ("n/a ms", "123.00 ms")
+
+
+def test_variants_still_climbing_at_the_end_are_named_against_the_median_rise(results):
+    # the synthetic curves end at the final AP, from ap / 2 at step 50: every variant rose by ap / 2 (0.24-0.29)
+    text = generate(results)["accuracy.md"]
+    note = text.split("## Results")[1].split("## AP against")[0].split("Still climbing")[1]
+    assert "[fpn_bn_lrelu_64](necks/fpn_bn_lrelu_64.md) (AP 0.250 → 0.500 from step 50 to 100" in note
+    assert "median +0.268" in note  # of 0.250, 0.255 (pan), 0.280 and 0.290
+    data = json.loads(results.read_text())
+    for r in data["results"]:  # now only fpn_bn_lrelu_128 climbs steeply over its last interval
+        ap = r["metrics"]["AP"]
+        gain = 0.15 if r["neck"] == "fpn_bn_lrelu_128" else 0.02
+        r["curve"] = [[50, {"AP": ap - gain, "agnostic_AP": ap}], [100, {"AP": ap, "agnostic_AP": ap + 0.1}]]
+    text = generate(data)["accuracy.md"]
+    note = text.split("## Results")[1].split("## AP against")[0].split("Still climbing")[1]
+    assert "[fpn_bn_lrelu_128](necks/fpn_bn_lrelu_128.md) (AP 0.410 → 0.560 from step 50 to 100; agnostic AP " \
+           "0.560 → 0.660)" in note
+    assert "fpn_bn_lrelu_64]" not in note and "median +0.020" in note
+    for r in data["results"]:
+        r["curve"] = r["curve"][-1:]  # no interval to climb over
+    assert "Still climbing" not in generate(data)["accuracy.md"]
+
+
+def test_variant_pages_give_the_learning_curve(results):
+    page = generate(results)["necks/fpn_bn_lrelu_64.md"]
+    section = page.split("## Accuracy")[1]
+    assert "Learning curve (mean over the seeds): AP 0.250 / 0.500 at steps 50 / 100; agnostic AP 0.350 / 0.600." \
+        in section
+    assert "Learning curve (one seed): AP 0.290 / 0.580 at steps 50 / 100" in generate(results)[
+        "necks/fpn_bn_lrelu_256.md"]
+    assert "Learning curve" not in generate(results)["necks/fpn.md"]  # not measured

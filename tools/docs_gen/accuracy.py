@@ -245,7 +245,24 @@ def page_section(name: str, acc: Accuracy) -> str:
     out.append(f"From the [accuracy benchmark](../accuracy.md) (FCOS on digit scenes; {over}):\n")
     out.append(md_table(["AP", "AP_small", "agnostic AP", "seeds"],
                         [[ap_cell(m), ap_cell(m, "AP_small"), ap_cell(m, "agnostic_AP"), str(m.n)]], "rrrr"))
+    curve = curve_text(m, acc.recipe.get("steps"))
+    if curve:
+        out.append("\n" + curve)
     return "\n".join(out)
+
+
+def curve_text(m: Measured, steps: Optional[int]) -> str:
+    """The learning curve in a sentence: AP and agnostic AP at each evaluation, the last one at the end of
+    training (means over the seeds), '' without a curve."""
+    ap, agnostic = m.curve("AP"), dict(m.curve("agnostic_AP"))
+    if not ap:
+        return ""
+    at = " / ".join(str(step) + (" (the end)" if step == steps else "") for step, _ in ap)
+    text = (f"Learning curve ({'mean over the seeds' if m.n >= 2 else 'one seed'}): AP "
+            + " / ".join(f"{v:.3f}" for _, v in ap) + f" at steps {at}")
+    if all(step in agnostic for step, _ in ap):
+        text += "; agnostic AP " + " / ".join(f"{agnostic[step]:.3f}" for step, _ in ap)
+    return text + ".\n"
 
 
 # --- the Pareto front and the plots -------------------------------------------------------------------------
@@ -410,6 +427,43 @@ def lagging_classification_text(measured: Sequence[Measured]) -> str:
             "well the maps localise; compare their agnostic AP with the others'.\n")
 
 
+#: A variant whose mean AP rose by more than this over the last interval of its learning curve (the last
+#: evaluation before the end, to the end) is named under the table: it was still climbing when the budget ran out.
+STILL_CLIMBING = 0.1
+
+
+def last_gain(m: Measured) -> Optional[Tuple[int, float, int, float]]:
+    """``(step, AP there, end step, final AP)``: the last interval of ``m``'s learning curve, from its last
+    evaluation before the end to the end (the curve ends with the final evaluation; means over the seeds); None
+    without two points and a final AP."""
+    curve, final = m.curve("AP"), m.mean()
+    if len(curve) < 2 or final is None:
+        return None
+    return curve[-2][0], curve[-2][1], curve[-1][0], final
+
+
+def still_climbing_text(measured: Sequence[Measured]) -> str:
+    """The sentence naming the variants whose AP rose by more than :data:`STILL_CLIMBING` over the last interval
+    of their learning curve, against the median rise of every measured variant ('' when none rose that much)."""
+    gains = {m.name: g for m in measured if (g := last_gain(m)) is not None}
+    climbing = [m for m in measured if m.name in gains and gains[m.name][3] - gains[m.name][1] > STILL_CLIMBING]
+    if not climbing:
+        return ""
+    median = statistics.median(final - ap for _, ap, _, final in gains.values())
+    items = []
+    for m in climbing:
+        step, ap, end, final = gains[m.name]
+        agnostic = dict(m.curve("agnostic_AP"))
+        item = f"[{m.name}]({NECK_DIR}/{m.name}.md) (AP {ap:.3f} → {final:.3f} from step {step} to {end}"
+        if step in agnostic and m.mean("agnostic_AP") is not None:
+            item += f"; agnostic AP {agnostic[step]:.3f} → {m.mean('agnostic_AP'):.3f}"
+        items.append(item + ")")
+    return (f"**Still climbing when the budget ran out**: every run gains AP over the last interval of its "
+            f"learning curve as the learning rate anneals (median {median:+.3f} over the measured variants); these "
+            f"gained more than {STILL_CLIMBING:g}: {', '.join(items)}. A longer budget may rank them higher; their "
+            "pages show the whole curve.\n")
+
+
 def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[str, float]) -> str:
     names = [d.cfg.name for d in docs]
     measured = sorted((acc.by_neck[n] for n in names if n in acc.by_neck),
@@ -461,9 +515,9 @@ def render_accuracy(acc: Accuracy, docs: Sequence[VariantDoc], latency: Mapping[
         out.append(md_table(["variant", "seeds", "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
                              "agnostic AP", "neck params (M)", "neck GFLOPs", "CPU latency", "inputs"], rows,
                             "lrrrrrrrrrrrl"))
-        lagging = lagging_classification_text(measured)
-        if lagging:
-            out.append("\n" + lagging)
+        for text in (lagging_classification_text(measured), still_climbing_text(measured)):
+            if text:
+                out.append("\n" + text)
         out.append("\n## AP against latency\n")
         out.append("Each measured variant's AP (error bars: std over seeds) against its CPU latency; the red step "
                    "line is the Pareto front, the highest AP reached at a given latency, its variants ringed.\n")
