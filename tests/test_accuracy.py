@@ -238,6 +238,7 @@ def test_a_resumed_run_keeps_counting_dead_steps_from_its_checkpoint(tmp_path):
     """Dead from the start, stopped after step 1 (one dead step saved) and resumed: revived after step 3, as
     the uninterrupted run is (not after step 4, as a count restarted at 0 would be)."""
     recipe = dataclasses.replace(TINY, steps=4, eval_every=2)
+
     def train(**kwargs):
         return train_detector(_dead_detector(recipe), recipe, seed=1, revive_after=3, **kwargs)
 
